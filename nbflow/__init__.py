@@ -1,0 +1,73 @@
+"""nbflow: parallel notebook pipelines on Dask worker resources or machine-wide limits.
+
+Only light modules are imported here; the Dask engine, the widget and the magics load on first use.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .engines import engine, use
+from .errors import (
+    LimitsDirError,
+    LimitTimeout,
+    NbflowError,
+    NoSuchLimit,
+    ResourceSpecError,
+    TaskTimeout,
+    Unsatisfiable,
+    UpstreamError,
+)
+from .futures import Future, as_completed, gather, wait
+from .limits import LimitStatus, concurrency, limit, limits
+from .task import Task, task
+
+if TYPE_CHECKING:
+    from .occupancy import Occupancy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Future",
+    "LimitStatus",
+    "LimitTimeout",
+    "LimitsDirError",
+    "NbflowError",
+    "NoSuchLimit",
+    "ResourceSpecError",
+    "Task",
+    "TaskTimeout",
+    "Unsatisfiable",
+    "UpstreamError",
+    "as_completed",
+    "concurrency",
+    "engine",
+    "gather",
+    "limit",
+    "limits",
+    "load_ipython_extension",
+    "monitor",
+    "occupancy",
+    "task",
+    "use",
+    "wait",
+]
+
+
+def occupancy() -> Occupancy:
+    """A JSON-able snapshot of the current engine's workers, resources, tasks and limits."""
+    return engine().occupancy()
+
+
+def monitor(interval: float = 0.5) -> Any:
+    """A live widget of ``occupancy()``, refreshed every ``interval`` seconds until closed."""
+    from .monitor import Monitor
+
+    return Monitor(interval=interval)
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """``%load_ext nbflow``: register ``%nbflow`` and ``%%nbflow``."""
+    from .magics import load_ipython_extension as load
+
+    load(ipython)

@@ -1,0 +1,43 @@
+"""Every failure nbflow raises is an ``NbflowError`` subclass named in SPEC §7."""
+
+from __future__ import annotations
+
+
+class NbflowError(Exception):
+    """Base class of every nbflow error."""
+
+
+class ResourceSpecError(NbflowError, ValueError):
+    """A malformed resource or limit spec, amount or name."""
+
+
+class NoSuchLimit(NbflowError, LookupError):
+    """A local resource has no capacity on this machine."""
+
+
+class Unsatisfiable(NbflowError):
+    """A demand larger than any worker or limit can ever give."""
+
+
+class LimitTimeout(NbflowError, TimeoutError):
+    """A limit was not granted within ``timeout``."""
+
+
+class UpstreamError(NbflowError):
+    """A dependency of this task failed, so the task never ran."""
+
+    def __init__(self, failed: str, cause: BaseException | None = None) -> None:
+        self.failed = failed
+        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+        super().__init__(f"upstream task {failed!r} failed{detail}")
+
+    def __reduce__(self):  # keep the task name across pickling (process pool, Dask)
+        return (type(self), (self.failed,), {"args": self.args})
+
+
+class TaskTimeout(NbflowError, TimeoutError):
+    """A task ran longer than its ``timeout``."""
+
+
+class LimitsDirError(NbflowError, OSError):
+    """The limits directory is unusable (not writable, foreign-owned, no flock)."""

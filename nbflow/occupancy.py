@@ -1,0 +1,58 @@
+"""The occupancy snapshot (SPEC §5): plain, JSON-able dicts, the same shape on every engine."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TypedDict
+
+from .futures import STATUSES
+
+
+class ResourceUse(TypedDict):
+    total: float
+    used: float
+
+
+class WorkerOccupancy(TypedDict):
+    name: str
+    host: str
+    resources: dict[str, ResourceUse]
+    running: int  # tasks executing now
+    waiting: int  # tasks assigned here that wait for a resource
+    queued: int  # tasks assigned here, ready, waiting for a thread
+
+
+class HolderInfo(TypedDict):
+    pid: int
+    host: str
+    task: str
+    amount: float
+    since: float  # epoch seconds
+
+
+class LimitInfo(TypedDict):
+    name: str
+    capacity: float
+    used: float
+    waiting: int
+    holders: list[HolderInfo]
+
+
+class Occupancy(TypedDict):
+    engine: str  # "local" | "dask"
+    time: float  # epoch seconds when taken
+    workers: list[WorkerOccupancy]
+    tasks: dict[str, int]  # count per status in futures.STATUSES
+    limits: list[LimitInfo]
+
+
+def empty_task_counts() -> dict[str, int]:
+    """A count of 0 for every status, so consumers never miss a key."""
+    return dict.fromkeys(STATUSES, 0)
+
+
+def limits_snapshot() -> list[LimitInfo]:
+    """This machine's limits with their holders, as plain dicts."""
+    from .limits import limits
+
+    return [dataclasses.asdict(status) for status in limits()]  # type: ignore[misc]
