@@ -1,0 +1,25 @@
+"""Shared fixtures: every test gets its own limits directory and starts with no engine."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def limits_dir(tmp_path, monkeypatch):
+    """A private ``NBFLOW_LIMITS_DIR`` (inherited by subprocesses the test starts)."""
+    path = tmp_path / "limits"
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(path))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def fresh_engine():
+    """Close whatever engine a test selected, so the next test starts from the default."""
+    from nbflow import engines
+
+    yield
+    with engines._lock:
+        old, engines._current = engines._current, None
+    if old is not None:
+        old.close()
