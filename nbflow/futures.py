@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import itertools
 import os
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import UpstreamError
@@ -18,6 +20,27 @@ STATUSES = ("pending", "waiting", "running", "finished", "error", "cancelled")
 
 _TOKEN = os.urandom(4).hex()
 _counter = itertools.count()
+_thread = threading.local()
+
+
+def set_block_hook(hook: Callable[[], contextlib.AbstractContextManager] | None) -> None:
+    """Engines call this in their worker threads: ``hook()`` wraps every blocking wait on a future there.
+
+    It lets a task wait for tasks it submitted without starving the pool (the local engine lends out
+    its worker slot; the Dask engine secedes and rejoins).
+    """
+    _thread.hook = hook
+
+
+@contextlib.contextmanager
+def blocking() -> Iterator[None]:
+    """Wrap a wait on futures in the calling thread's block hook, if any."""
+    hook = getattr(_thread, "hook", None)
+    if hook is None:
+        yield
+    else:
+        with hook():
+            yield
 
 
 def new_key(name: str) -> str:
@@ -45,6 +68,18 @@ class Future(cf.Future):
             return "cancelled"
         return "error" if self.exception() is not None else "finished"
 
+    def result(self, timeout: float | None = None) -> Any:
+        if not self.done():
+            with blocking():
+                return super().result(timeout)
+        return super().result(timeout)
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        if not self.done():
+            with blocking():
+                return super().exception(timeout)
+        return super().exception(timeout)
+
     def cancel(self) -> bool:
         cancelled = super().cancel()
         if cancelled and self.on_cancel is not None:
@@ -61,12 +96,14 @@ class Future(cf.Future):
 
 def wait(fs: Iterable[cf.Future], timeout: float | None = None, return_when: str = cf.ALL_COMPLETED):
     """``concurrent.futures.wait`` for nbflow futures (returns ``(done, not_done)``)."""
-    return cf.wait(list(fs), timeout=timeout, return_when=return_when)
+    with blocking():
+        return cf.wait(list(fs), timeout=timeout, return_when=return_when)
 
 
 def as_completed(fs: Iterable[cf.Future], timeout: float | None = None):
     """``concurrent.futures.as_completed`` for nbflow futures."""
-    return cf.as_completed(list(fs), timeout=timeout)
+    with blocking():
+        yield from cf.as_completed(list(fs), timeout=timeout)
 
 
 def gather(fs: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
