@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+# Notebooks under tests/ are inputs of tests, not nbval cases (nbval runs example_notebooks/ only).
+collect_ignore_glob = ["**/*.ipynb"]
+
 
 @pytest.fixture(autouse=True)
 def limits_dir(tmp_path, monkeypatch):
