@@ -1,0 +1,140 @@
+// The nbflow occupancy panel: draws the `snapshot` trait (SPEC §5). Plain ES module, no build step.
+// The kernel sends a snapshot only when something changed; "held for" ticks here, on the browser's clock
+// corrected by the offset between it and the kernel's clock at the last snapshot.
+
+const STATUSES = ["pending", "waiting", "running", "finished", "error", "cancelled"];
+const BYTE_UNITS = ["kB", "MB", "GB", "TB", "PB"];
+
+function h(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value !== undefined && value !== null) node.setAttribute(key, String(value));
+  }
+  for (const child of children.flat()) {
+    if (child !== undefined && child !== null && child !== false) node.append(child);
+  }
+  return node;
+}
+
+function sig(x) {
+  return Number.isInteger(x) ? String(x) : String(Number(x.toPrecision(3)));
+}
+
+// Same rules as nbflow.monitor.format_amount: MEMORY in decimal bytes, others as plain numbers.
+function amount(resource, x) {
+  if (resource.toUpperCase() === "MEMORY" && Math.abs(x) >= 1000) {
+    let unit = "";
+    for (unit of BYTE_UNITS) {
+      x /= 1000;
+      if (Math.abs(x) < 1000) break;
+    }
+    return `${sig(x)} ${unit}`;
+  }
+  return sig(x);
+}
+
+function duration(seconds) {
+  seconds = Math.max(seconds, 0);
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${String(Math.floor(seconds % 60)).padStart(2, "0")} s`;
+  return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
+}
+
+function bar(name, used, total, label) {
+  const fraction = total > 0 ? Math.min(Math.max(used / total, 0), 1) : 0;
+  const state = used > total ? "over" : fraction >= 1 ? "full" : used > 0 ? "busy" : "idle";
+  const text = `${amount(name, used)}/${amount(name, total)}`;
+  return h(
+    "span",
+    { class: `nbflow-res nbflow-${state}`, "data-resource": name, "data-used": used, "data-total": total,
+      title: `${label || name}: ${text} in use` },
+    h("span", { class: "nbflow-res-name" }, name),
+    h("span", { class: "nbflow-bar" },
+      h("span", { class: "nbflow-fill", style: `width: ${(fraction * 100).toFixed(1)}%` })),
+    h("span", { class: "nbflow-num" }, text),
+  );
+}
+
+function count(n, what) {
+  return h("span", { class: `nbflow-count nbflow-${what}${n ? "" : " nbflow-zero"}`, "data-count": what },
+    h("b", null, String(n)), ` ${what}`);
+}
+
+function header(snap) {
+  const taken = snap.time ? new Date(snap.time * 1000).toLocaleTimeString() : "";
+  const tasks = snap.tasks || {};
+  return [
+    h("div", { class: "nbflow-title" },
+      h("span", { class: "nbflow-logo" }, "nbflow"),
+      h("span", null, `${snap.engine || "?"} engine`),
+      h("span", null, `${(snap.workers || []).length} worker${(snap.workers || []).length === 1 ? "" : "s"}`),
+      h("span", { class: "nbflow-time", title: "last change" }, taken)),
+    snap.error ? h("div", { class: "nbflow-error-line" }, snap.error) : null,
+    h("div", { class: "nbflow-tasks", title: "tasks by status" },
+      STATUSES.map((status) => count(tasks[status] || 0, status))),
+  ];
+}
+
+function workerRow(worker) {
+  const resources = Object.entries(worker.resources || {});
+  return h("div", { class: "nbflow-worker", "data-worker": worker.name },
+    h("span", { class: "nbflow-wname", title: `${worker.name} on ${worker.host || "?"}` },
+      worker.name, worker.host ? h("small", null, worker.host) : null),
+    h("span", { class: "nbflow-resources" },
+      resources.length
+        ? resources.map(([name, use]) => bar(name, use.used, use.total))
+        : h("span", { class: "nbflow-none" }, "no resources")),
+    h("span", { class: "nbflow-wcounts" },
+      count(worker.running || 0, "running"), count(worker.waiting || 0, "waiting"), count(worker.queued || 0, "queued")));
+}
+
+function limitRow(limit) {
+  const holders = limit.holders || [];
+  return h("div", { class: "nbflow-limit", "data-limit": limit.name },
+    h("div", { class: "nbflow-limit-head" },
+      bar(limit.name, limit.used, limit.capacity, `limit ${limit.name}`),
+      count(limit.waiting || 0, "waiting")),
+    holders.length
+      ? h("ul", { class: "nbflow-holders" }, holders.map((holder) => h("li", { class: "nbflow-holder" },
+          h("span", null, `pid ${holder.pid}@${holder.host}`),
+          h("span", { class: "nbflow-task" }, holder.task || "-"),
+          h("span", null, amount(limit.name, holder.amount)),
+          h("span", { class: "nbflow-held", "data-since": holder.since }, ""))))
+      : null);
+}
+
+export default {
+  render({ model, el }) {
+    const clock = { offset: 0 }; // browser clock minus kernel clock, in seconds
+    const head = h("div", { class: "nbflow-head" });
+    const workers = h("div", { class: "nbflow-workers" });
+    const limitsTitle = h("div", { class: "nbflow-section" }, "machine limits");
+    const limits = h("div", { class: "nbflow-limits" });
+    el.append(h("div", { class: "nbflow-monitor" }, head, workers, limitsTitle, limits));
+
+    const tickHeld = () => {
+      const now = Date.now() / 1000 - clock.offset;
+      for (const node of limits.querySelectorAll("[data-since]")) {
+        node.textContent = `held ${duration(now - Number(node.dataset.since))}`;
+      }
+    };
+    const draw = () => {
+      const snap = model.get("snapshot") || {};
+      if (snap.time) clock.offset = Date.now() / 1000 - snap.time;
+      head.replaceChildren(...header(snap).filter(Boolean));
+      workers.replaceChildren(...(snap.workers || []).map(workerRow)); // the scroll box itself stays
+      const rows = (snap.limits || []).map(limitRow);
+      limitsTitle.hidden = rows.length === 0;
+      limits.replaceChildren(...rows);
+      tickHeld();
+    };
+    model.on("change:snapshot", draw);
+    draw();
+    const timer = setInterval(tickHeld, 1000);
+    return () => {
+      clearInterval(timer);
+      model.off("change:snapshot", draw);
+    };
+  },
+};
