@@ -41,6 +41,7 @@ function duration(seconds) {
   return `${Math.floor(minutes / 60)} h ${String(minutes % 60).padStart(2, "0")} min`;
 }
 
+// A used/total bar; `label` (the name) is left out in the workers table, whose header names the column.
 function bar(name, used, total, label) {
   const fraction = total > 0 ? Math.min(Math.max(used / total, 0), 1) : 0;
   const state = used > total ? "over" : fraction >= 1 ? "full" : used > 0 ? "busy" : "idle";
@@ -48,8 +49,8 @@ function bar(name, used, total, label) {
   return h(
     "span",
     { class: `nbflow-res nbflow-${state}`, "data-resource": name, "data-used": used, "data-total": total,
-      title: `${label || name}: ${text} in use` },
-    h("span", { class: "nbflow-res-name" }, name),
+      title: `${name}: ${text} in use` },
+    label ? h("span", { class: "nbflow-res-name" }, label) : null,
     h("span", { class: "nbflow-bar" },
       h("span", { class: "nbflow-fill", style: `width: ${(fraction * 100).toFixed(1)}%` })),
     h("span", { class: "nbflow-num" }, text),
@@ -76,24 +77,37 @@ function header(snap) {
   ];
 }
 
-function workerRow(worker) {
-  const resources = Object.entries(worker.resources || {});
-  return h("div", { class: "nbflow-worker", "data-worker": worker.name },
-    h("span", { class: "nbflow-wname", title: `${worker.name} on ${worker.host || "?"}` },
-      worker.name, worker.host ? h("small", null, worker.host) : null),
-    h("span", { class: "nbflow-resources" },
-      resources.length
-        ? resources.map(([name, use]) => bar(name, use.used, use.total))
-        : h("span", { class: "nbflow-none" }, "no resources")),
-    h("span", { class: "nbflow-wcounts" },
-      count(worker.running || 0, "running"), count(worker.waiting || 0, "waiting"), count(worker.queued || 0, "queued")));
+const WORKER_COUNTS = ["running", "waiting", "queued"];
+
+// One compact row per worker, a column per resource (the union over workers; blank where a worker has none).
+function workerTable(workers) {
+  const names = [...new Set(workers.flatMap((worker) => Object.keys(worker.resources || {})))];
+  const head = h("tr", null,
+    h("th", { class: "nbflow-wname" }, "worker"),
+    names.map((name) => h("th", null, name)),
+    WORKER_COUNTS.map((what) => h("th", { class: "nbflow-n" }, what)));
+  const rows = workers.map((worker) => {
+    const host = worker.host && !String(worker.name).includes(worker.host) ? worker.host : null;
+    return h("tr", { class: "nbflow-worker", "data-worker": worker.name },
+      h("td", { class: "nbflow-wname", title: `${worker.name} on ${worker.host || "?"}` },
+        worker.name, host ? h("small", null, host) : null),
+      names.map((name) => {
+        const use = (worker.resources || {})[name];
+        return h("td", null, use ? bar(name, use.used, use.total) : null);
+      }),
+      WORKER_COUNTS.map((what) => {
+        const n = worker[what] || 0;
+        return h("td", { class: `nbflow-n nbflow-${what}${n ? "" : " nbflow-zero"}`, "data-count": what }, String(n));
+      }));
+  });
+  return h("table", { class: "nbflow-wtable" }, h("thead", null, head), h("tbody", null, rows));
 }
 
 function limitRow(limit) {
   const holders = limit.holders || [];
   return h("div", { class: "nbflow-limit", "data-limit": limit.name },
     h("div", { class: "nbflow-limit-head" },
-      bar(limit.name, limit.used, limit.capacity, `limit ${limit.name}`),
+      bar(limit.name, limit.used, limit.capacity, limit.name),
       count(limit.waiting || 0, "waiting")),
     holders.length
       ? h("ul", { class: "nbflow-holders" }, holders.map((holder) => h("li", { class: "nbflow-holder" },
@@ -123,7 +137,8 @@ export default {
       const snap = model.get("snapshot") || {};
       if (snap.time) clock.offset = Date.now() / 1000 - snap.time;
       head.replaceChildren(...header(snap).filter(Boolean));
-      workers.replaceChildren(...(snap.workers || []).map(workerRow)); // the scroll box itself stays
+      const list = snap.workers || [];
+      workers.replaceChildren(...(list.length ? [workerTable(list)] : [])); // the scroll box itself stays
       const rows = (snap.limits || []).map(limitRow);
       limitsTitle.hidden = rows.length === 0;
       limits.replaceChildren(...rows);
