@@ -5,7 +5,7 @@ Only light modules are imported here; the Dask engine, the widget and the magics
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .engines import engine, use
 from .errors import (
@@ -20,10 +20,8 @@ from .errors import (
 )
 from .futures import Future, as_completed, gather, wait
 from .limits import LimitStatus, concurrency, limit, limits
+from .occupancy import Occupancy  # imported now: imported later, the submodule would shadow occupancy() below
 from .task import Task, task
-
-if TYPE_CHECKING:
-    from .occupancy import Occupancy
 
 __version__ = "0.1.0"
 
