@@ -1,0 +1,135 @@
+"""Child processes for ``nbflow.use("local", processes=True)``: one per pool thread, started on first use.
+
+Why not ``ProcessPoolExecutor``: a task that overruns its ``timeout`` must really stop and give its
+resources back, and killing a ``ProcessPoolExecutor`` worker breaks the whole pool. Here each pool
+thread owns one child (``spawn`` context: safe with threads around), so killing it touches nothing
+else and the next task simply starts a fresh child. Payloads are cloudpickled, so functions and
+closures defined in a notebook (``__main__``) work.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import traceback
+from typing import Any
+
+import cloudpickle
+
+from ..errors import NbflowError
+
+
+class WorkerDied(NbflowError):
+    """The child process running a task died (killed, crashed, out of memory)."""
+
+
+class RemoteTraceback(Exception):
+    """The traceback of an exception raised in a child, attached as its ``__cause__``."""
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+class ChildProcess:
+    """One child process that runs payloads sent by its owning thread, one at a time."""
+
+    def __init__(self) -> None:
+        self._proc: Any = None
+        self._conn: Any = None
+        self._devices: str | None = None  # CUDA_VISIBLE_DEVICES the child last ran a task with
+
+    def start(self, env: dict[str, str]) -> int:
+        """Have a child ready to run a task with ``env``; returns its pid.
+
+        CUDA reads ``CUDA_VISIBLE_DEVICES`` once per process, so a child that ran with other devices
+        is replaced rather than reused: a task never touches a GPU slot it does not hold.
+        """
+        devices = env.get("CUDA_VISIBLE_DEVICES")
+        if devices is not None and self._devices not in (None, devices):
+            self.close()
+        if self._proc is None:
+            ctx = multiprocessing.get_context("spawn")
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_serve, args=(child,), name="nbflow-task", daemon=True)
+            proc.start()
+            child.close()
+            self._proc, self._conn = proc, parent
+        if devices is not None:
+            self._devices = devices
+        return self._proc.pid
+
+    def run(self, fn: Any, args: tuple, kwargs: dict, env: dict[str, str]) -> Any:
+        """Run ``fn(*args, **kwargs)`` in the child with ``env`` set; its exception is re-raised here."""
+        self.start(env)
+        self._conn.send_bytes(cloudpickle.dumps((fn, args, kwargs, env)))
+        try:
+            ok, value, tb = cloudpickle.loads(self._conn.recv_bytes())
+        except (EOFError, OSError):
+            pid, code = self._proc.pid, self._reap()
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            raise WorkerDied(f"the worker process (pid {pid}) died with {how} while running the task") from None
+        if ok:
+            return value
+        value.__cause__ = RemoteTraceback(tb)
+        raise value
+
+    def kill(self) -> None:
+        """SIGKILL the child (a timed-out task); ``run`` then raises ``WorkerDied`` in the owning thread."""
+        proc = self._proc
+        if proc is not None:
+            proc.kill()
+
+    def close(self) -> None:
+        """Ask the child to exit (it finishes nothing: it is idle when this is called) and reap it."""
+        if self._proc is not None:
+            try:
+                self._conn.send_bytes(b"")
+            except OSError:
+                pass
+            self._reap(timeout=5)
+
+    def _reap(self, timeout: float | None = None) -> int | None:
+        proc, conn, self._proc, self._conn, self._devices = self._proc, self._conn, None, None, None
+        conn.close()
+        proc.join(timeout)
+        if proc.exitcode is None:
+            proc.kill()
+            proc.join()
+        return proc.exitcode
+
+
+def _serve(conn: Any) -> None:
+    """The child's loop: receive a payload, run it, send back ``(ok, value, traceback text)``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the notebook; the parent decides
+    while True:
+        try:
+            data = conn.recv_bytes()
+        except EOFError:
+            return
+        if not data:
+            return
+        conn.send_bytes(_run(data))
+
+
+def _run(data: bytes) -> bytes:
+    saved: dict[str, str | None] = {}
+    try:
+        fn, args, kwargs, env = cloudpickle.loads(data)
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        reply = (True, fn(*args, **kwargs), "")
+    except BaseException as exc:
+        reply = (False, exc, traceback.format_exc())
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+    try:
+        return cloudpickle.dumps(reply)
+    except Exception as exc:  # an unpicklable result or exception
+        what = "result" if reply[0] else f"exception {type(reply[1]).__name__}: {reply[1]}"
+        err = RuntimeError(f"the task's {what} could not be sent back from the worker process: {exc}")
+        return cloudpickle.dumps((False, err, reply[2]))
