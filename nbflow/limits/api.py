@@ -1,0 +1,137 @@
+"""The public limits API: set, list, remove, acquire (sync, several at once, async)."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import threading
+from collections.abc import Mapping
+
+from ..specs import NAME_RE, check_amount, check_name
+from .holding import Holding
+from .paths import limits_dir
+from .semaphore import Budget, Cancel, get_limit
+from .status import LimitStatus
+
+
+def limit(name: str, capacity: float) -> None:
+    """Set this machine's capacity for ``name`` (persisted; waiters re-check at once)."""
+    name = check_name(name)
+    get_limit(name).write_capacity(check_amount(name, capacity))
+
+
+def remove_limit(name: str) -> None:
+    """Forget the capacity set for ``name`` (``nbflow limits rm``).
+
+    Allowed while the limit is held: holders keep their share until they release it; waiters and new
+    acquirers then see the detected capacity (CPU, MEMORY, GPU) or get ``NoSuchLimit``.
+    """
+    name = check_name(name)
+    get_limit(name).remove_capacity()
+
+
+def limits() -> list[LimitStatus]:
+    """This machine's limits (set, or detected and used), with live holders and the number waiting."""
+    root = limits_dir()
+    out = []
+    for entry in sorted(os.listdir(root)):
+        if NAME_RE.fullmatch(entry) and entry not in (".", "..") and os.path.isdir(os.path.join(root, entry)):
+            status = get_limit(entry).status()
+            if status is not None:
+                out.append(status)
+    return out
+
+
+def acquire(name: str, amount: float = 1.0, *, timeout: float | None = None, task: str = "") -> Holding:
+    """Block until ``amount`` of ``name`` is free and take it all at once (``LimitTimeout`` after ``timeout``)."""
+    name = check_name(name)
+    amount = check_amount(name, amount)
+    return get_limit(name).acquire(amount, task, Budget(timeout))
+
+
+def acquire_all(demands: Mapping[str, float], *, timeout: float | None = None, task: str = "") -> list[Holding]:
+    """Acquire several limits for one task, in sorted name order (so two callers never deadlock);
+    on any failure release what was taken and re-raise. ``timeout`` bounds the whole."""
+    checked = {check_name(name): check_amount(name, amount) for name, amount in demands.items()}
+    for name, amount in checked.items():
+        get_limit(name).check(amount)  # fail fast, before anything is held
+    budget = Budget(timeout)
+    held: list[Holding] = []
+    try:
+        for name in sorted(checked):
+            held.append(get_limit(name).acquire(checked[name], task, budget))
+    except BaseException:
+        for holding in reversed(held):
+            holding.release()
+        raise
+    return held
+
+
+async def acquire_async(name: str, amount: float = 1.0, *, timeout: float | None = None, task: str = "") -> Holding:
+    """``acquire`` without blocking the event loop: a free limit is taken inline, otherwise a helper
+    thread waits; if the awaiting task is cancelled the wait is aborted and a late grant released."""
+    name = check_name(name)
+    amount = check_amount(name, amount)
+    lim = get_limit(name)
+    cancel = Cancel()
+    budget = Budget(timeout, cancel)
+    holding = lim.try_acquire(amount, task)
+    if holding is not None:
+        cancel.close()
+        return holding
+    done: concurrent.futures.Future[Holding] = concurrent.futures.Future()
+    done.set_running_or_notify_cancel()  # so cancelling the awaiting task cannot drop a late result
+
+    def wait() -> None:
+        try:
+            done.set_result(lim.acquire(amount, task, budget))
+        except BaseException as exc:
+            done.set_exception(exc)
+        finally:
+            cancel.close()
+
+    threading.Thread(target=wait, name=f"nbflow-acquire-{name}", daemon=True).start()
+    try:
+        return await asyncio.wrap_future(done)
+    except asyncio.CancelledError:
+        cancel.set()
+        done.add_done_callback(_release_if_granted)
+        raise
+
+
+def _release_if_granted(done: concurrent.futures.Future[Holding]) -> None:
+    if done.exception() is None:
+        done.result().release()
+
+
+class Concurrency:
+    """``with``/``async with`` a share of a limit; yields the ``Holding``."""
+
+    def __init__(self, name: str, occupy: float = 1, timeout: float | None = None, *, task: str = "") -> None:
+        self.name = check_name(name)
+        self.occupy = check_amount(self.name, occupy)
+        self.timeout = timeout
+        self.task = task
+        self._held: list[Holding] = []  # a stack, so one object may be entered again (nested or per task)
+
+    def __enter__(self) -> Holding:
+        holding = acquire(self.name, self.occupy, timeout=self.timeout, task=self.task)
+        self._held.append(holding)
+        return holding
+
+    def __exit__(self, *exc: object) -> None:
+        self._held.pop().release()
+
+    async def __aenter__(self) -> Holding:
+        holding = await acquire_async(self.name, self.occupy, timeout=self.timeout, task=self.task)
+        self._held.append(holding)
+        return holding
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._held.pop().release()
+
+
+def concurrency(name: str, occupy: float = 1, timeout: float | None = None, *, task: str = "") -> Concurrency:
+    """Hold ``occupy`` of the machine-wide limit ``name`` for a ``with`` or ``async with`` block."""
+    return Concurrency(name, occupy, timeout, task=task)

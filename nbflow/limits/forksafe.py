@@ -1,0 +1,71 @@
+"""Lock-bearing descriptors of this process, and the identity used to name its files.
+
+flock locks belong to the open file description, which a child forked without exec shares: if it kept
+the descriptor, a SIGKILLed parent's share would live on in the child. So every descriptor that can carry
+a lock is opened through ``open_tracked`` and closed in a forked child before its code runs. Opening and
+closing happen under ``_lock``, which fork also takes, so no descriptor is ever inherited untracked.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+from typing import Protocol
+
+
+class Owner(Protocol):
+    def _forget(self) -> None: ...
+
+
+_lock = threading.Lock()
+_tracked: dict[int, Owner | None] = {}
+_pid = os.getpid()
+_token = os.urandom(4).hex()
+_counter = itertools.count()
+HOST = os.uname().nodename
+
+
+def open_tracked(path: str, flags: int, owner: Owner | None = None) -> int:
+    """``os.open`` a descriptor that a forked child will close (and whose ``owner`` it will forget)."""
+    with _lock:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+        _tracked[fd] = owner
+    return fd
+
+
+def set_owner(fd: int, owner: Owner | None) -> None:
+    """Make ``owner`` the object a forked child forgets for the tracked ``fd``."""
+    _tracked[fd] = owner
+
+
+def close_tracked(fd: int) -> None:
+    with _lock:
+        _tracked.pop(fd, None)
+        os.close(fd)
+
+
+def unique() -> str:
+    """``<pid>_<token><n>``: unique across processes and hosts for this process's file names."""
+    return f"{_pid}_{_token}{next(_counter)}"
+
+
+def pid() -> int:
+    return _pid
+
+
+def _after_fork_child() -> None:
+    global _pid, _token, _counter
+    for fd, owner in _tracked.items():
+        if owner is not None:
+            owner._forget()
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _tracked.clear()
+    _pid, _token, _counter = os.getpid(), os.urandom(4).hex(), itertools.count()
+    _lock.release()
+
+
+os.register_at_fork(before=_lock.acquire, after_in_parent=_lock.release, after_in_child=_after_fork_child)
