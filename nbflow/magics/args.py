@@ -1,0 +1,155 @@
+"""The ``%nbflow`` subcommands' arguments, declared with ``IPython.core.magic_arguments``.
+
+Each subcommand is a stub carrying its own parser; ``parse`` turns every malformed argument into a
+one-line ``UsageError`` (IPython shows those without a traceback), and ``HELP`` is what ``%nbflow?`` shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from IPython.core.error import UsageError
+from IPython.core.magic_arguments import argument, magic_arguments
+
+from ..errors import ResourceSpecError
+from ..specs import check_name, parse_amount, parse_resources
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be a whole number >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        return parse_amount("--timeout", text)
+    except ResourceSpecError:
+        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text!r}") from None
+
+
+_RESOURCES_HELP = "Dask-style resources, e.g. GPU=1 MEMORY=2GB (also GPU=1,MEMORY=2GB)."
+
+
+@magic_arguments("nbflow use local")
+@argument("--workers", type=_count(1), metavar="N", help="Pool size (default 8).")
+@argument("--processes", action="store_true", help="Run tasks in worker processes instead of threads.")
+def use_local():
+    """Use the embedded local engine; resources are machine-wide limits shared by every process here."""
+
+
+@magic_arguments("nbflow use dask")
+@argument("address", nargs="?", metavar="ADDRESS", help="Scheduler address, e.g. tcp://127.0.0.1:8786; omit for a new LocalCluster.")
+@argument("--n-workers", type=_count(1), metavar="N", help="Workers of the new LocalCluster.")
+@argument("--threads-per-worker", type=_count(1), metavar="N", help="Threads per worker of the new LocalCluster.")
+@argument("--resources", nargs="+", metavar="NAME=AMOUNT", help="Resources each new worker offers.")
+def use_dask():
+    """Use a Dask cluster: an existing scheduler at ADDRESS, or a new LocalCluster on 127.0.0.1."""
+
+
+@magic_arguments("nbflow limit")
+@argument("name", metavar="NAME", help="Limit name, e.g. GPU or gpu:host-1.")
+@argument("capacity", metavar="CAPACITY", help="How much of it this machine has, e.g. 2 or 64GB.")
+def limit():
+    """Set this machine's capacity for a limit (persisted, shared by every process on the machine)."""
+
+
+@magic_arguments("nbflow limits")
+def limits():
+    """Show this machine's limits: capacity, use, holders and waiters."""
+
+
+@magic_arguments("nbflow status")
+def status():
+    """Show the current engine's occupancy: workers, resources in use, task counts."""
+
+
+@magic_arguments("nbflow monitor")
+@argument("--interval", type=_seconds, metavar="SECONDS", default=0.5, help="Seconds between refreshes (default 0.5).")
+def monitor():
+    """Show the live occupancy panel."""
+
+
+@magic_arguments("nbflow wait")
+@argument("names", nargs="*", metavar="NAME", help="Task cells (or their output variables); default: all.")
+def wait():
+    """Block until task cells finish and their outputs are rebound; Kernel > Interrupt stops waiting only."""
+
+
+@magic_arguments("nbflow cancel")
+@argument("names", nargs="*", metavar="NAME", help="Task cells (or their output variables) to cancel.")
+@argument("--all", action="store_true", help="Cancel every unfinished task cell.")
+def cancel():
+    """Cancel task cells that have not started yet."""
+
+
+@magic_arguments("nbflow task")
+@argument("--name", help="Task name (default: the first variable the cell assigns, else cell-N).")
+@argument("--resources", nargs="+", metavar="NAME=AMOUNT", help=_RESOURCES_HELP)
+@argument("--limits", nargs="+", metavar="NAME=AMOUNT", help="Machine-wide limits held while it runs, e.g. gpu=1.")
+@argument("--retries", type=_count(0), metavar="N", default=0, help="Re-runs after a failure (default 0).")
+@argument("--timeout", type=_seconds, metavar="SECONDS", help="Fail with TaskTimeout after this many seconds.")
+@argument("--block", action="store_true", help="Wait for the task and show its output like an ordinary cell.")
+def task():
+    """(cell magic) Run the cell as a background task. It reads the notebook variables it uses (futures
+    among them are dependencies); each variable it assigns is bound to a Future at once and to its value
+    when the task finishes, unless reassigned meanwhile."""
+
+
+LINE_COMMANDS = {
+    "use": None,  # dispatches on the engine kind: use local / use dask
+    "limit": limit,
+    "limits": limits,
+    "status": status,
+    "monitor": monitor,
+    "wait": wait,
+    "cancel": cancel,
+}
+ENGINES = {"local": use_local, "dask": use_dask}
+_ALL = (use_local, use_dask, limit, limits, status, monitor, wait, cancel, task)
+
+HELP = (
+    "nbflow magics: run notebook cells as background tasks on the local engine or a Dask cluster.\n\n"
+    "Load with %load_ext nbflow. Subcommands (line magic %nbflow, cell magic %%nbflow task):\n\n"
+    + "\n".join(stub.__doc__ for stub in _ALL)
+)
+
+
+def parse(stub: Callable[[], None], argstring: str) -> argparse.Namespace:
+    """Parse ``argstring`` with ``stub``'s parser; any problem becomes a one-line ``UsageError``."""
+    prog = stub.parser.prog
+    try:
+        return stub.parser.parse_argstring(argstring)
+    except UsageError as exc:
+        raise UsageError(f"%{prog}: {_one_line(exc)} (see %nbflow? for help)") from None
+    except ValueError as exc:  # unbalanced quotes in arg_split
+        raise UsageError(f"%{prog}: cannot split arguments: {_one_line(exc)}") from None
+
+
+def resources(option: str, items: list[str] | None) -> dict[str, float]:
+    """``--resources GPU=1 MEMORY=2GB`` as ``{name: amount}``; a bad item is a one-line ``UsageError``."""
+    try:
+        return parse_resources(items or [])
+    except ResourceSpecError as exc:
+        raise UsageError(f"{option}: {_one_line(exc)}") from None
+
+
+def capacity(name: str, text: str) -> float:
+    """``%nbflow limit NAME CAPACITY``'s name checked, capacity as a float > 0, else a one-line ``UsageError``."""
+    try:
+        return parse_amount(check_name(name), text)
+    except ResourceSpecError as exc:
+        raise UsageError(f"%nbflow limit: {_one_line(exc)}") from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

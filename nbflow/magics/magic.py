@@ -1,0 +1,180 @@
+"""``%nbflow`` (line) and ``%%nbflow task`` (cell): one magic that dispatches on its first word."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from IPython.display import display
+
+from .. import engines
+from ..limits import limit, limits
+from ..errors import NbflowError
+from ..task import TaskOptions
+from . import args
+from .cells import CellCode, analyze
+from .taskcell import Registry, TaskCell, short_error
+
+
+@magics_class
+class NbflowMagics(Magics):
+    """Holds this kernel's task cells; see ``%nbflow?``."""
+
+    def __init__(self, shell: Any) -> None:
+        super().__init__(shell)
+        self.cells = Registry()
+
+    @line_cell_magic
+    def nbflow(self, line: str, cell: str | None = None) -> Any:
+        sub, _, rest = line.strip().partition(" ")
+        if cell is not None:
+            if sub != "task":
+                raise UsageError(f"%%nbflow {sub}: the cell magic is '%%nbflow task'; other subcommands are %nbflow")
+            return self._task(rest, cell)
+        if sub == "task":
+            raise UsageError("%nbflow task is a cell magic: start the cell with %%nbflow task")
+        if sub not in args.LINE_COMMANDS:
+            valid = ", ".join([*args.LINE_COMMANDS, "task"])
+            shown = f"unknown subcommand {sub!r}" if sub else "a subcommand is needed"
+            raise UsageError(f"%nbflow: {shown}; valid subcommands: {valid} (see %nbflow? for help)")
+        try:
+            return getattr(self, f"_{sub}")(rest)
+        except (UsageError, KeyboardInterrupt):
+            raise
+        except NbflowError as exc:  # bad input the library caught: one line, no traceback
+            raise short_error(exc) from None
+
+    nbflow.__doc__ = args.HELP
+
+    # --- line subcommands -----------------------------------------------------------------------------
+
+    def _use(self, rest: str) -> None:
+        kind, _, rest = rest.strip().partition(" ")
+        stub = args.ENGINES.get(kind)
+        if stub is None:
+            raise UsageError(f"%nbflow use: unknown engine {kind!r}; use 'local' or 'dask'")
+        opts = vars(args.parse(stub, rest))
+        if kind == "dask":
+            opts["resources"] = args.resources("--resources", opts["resources"]) or None
+        eng = engines.use(kind, **{key: value for key, value in opts.items() if value not in (None, False)})
+        client = getattr(eng, "client", None)
+        print(f"nbflow: using the {eng.kind} engine" + (f": {client!r}" if client is not None else ""))
+
+    def _limit(self, rest: str) -> None:
+        parsed = args.parse(args.limit, rest)
+        capacity = args.capacity(parsed.name, parsed.capacity)
+        limit(parsed.name, capacity)
+        print(f"nbflow: limit {parsed.name} = {parsed.capacity} on this machine")
+
+    def _limits(self, rest: str) -> None:
+        args.parse(args.limits, rest)
+        from ..monitor import format_amount, format_duration
+
+        statuses = limits()
+        if not statuses:
+            print("nbflow: no limits set on this machine (set one with %nbflow limit NAME CAPACITY)")
+        now = time.time()
+        for status in statuses:
+            used = f"{format_amount(status.name, status.used)}/{format_amount(status.name, status.capacity)}"
+            print(f"{status.name}: {used} used, {status.waiting} waiting")
+            for h in status.holders:
+                held = format_amount(status.name, h.amount)
+                print(f"  pid {h.pid}@{h.host} task {h.task or '-'} holds {held} for {format_duration(now - h.since)}")
+
+    def _status(self, rest: str) -> None:
+        args.parse(args.status, rest)
+        from ..monitor import render_html, render_text
+
+        snap = engines.engine().occupancy()
+        display({"text/plain": render_text(snap), "text/html": render_html(snap)}, raw=True)
+
+    def _monitor(self, rest: str) -> Any:
+        from .. import monitor
+
+        return monitor(interval=args.parse(args.monitor, rest).interval)
+
+    def _wait(self, rest: str) -> None:
+        names = args.parse(args.wait, rest).names
+        cells = self.cells.find(names) if names else self.cells.unwaited()
+        self._wait_for(cells)
+        self.cells.waited(cells)
+
+    def _cancel(self, rest: str) -> None:
+        parsed = args.parse(args.cancel, rest)
+        if parsed.all == bool(parsed.names):
+            raise UsageError("%nbflow cancel: name the task cells to cancel, or use --all (not both)")
+        cells = self.cells.unfinished() if parsed.all else self.cells.find(parsed.names)
+        kept = [cell.name for cell in cells if not cell.cancel() and cell.outcome != "cancelled"]
+        done = len(cells) - len(kept)
+        print(f"nbflow: cancelled {done} task cell(s)" + (f"; already running or done: {', '.join(kept)}" if kept else ""))
+
+    # --- the task cell ----------------------------------------------------------------------------------
+
+    def _task(self, rest: str, body: str) -> Any:
+        parsed = args.parse(args.task, rest)
+        shell = self.shell
+        source = "\n" + shell.transform_cell(body)  # line 1 is the %%nbflow line: keep the cell's numbering
+        filename = f"Cell In[{shell.execution_count}]"
+        try:
+            plan = analyze(source, filename)
+        except SyntaxError as exc:
+            raise short_error(exc) from None
+        options = TaskOptions(
+            name=parsed.name or plan.name_hint or f"cell-{shell.execution_count}",
+            resources=args.resources("--resources", parsed.resources),
+            limits=args.resources("--limits", parsed.limits),
+            retries=parsed.retries,
+            timeout=parsed.timeout,
+        )
+        cell = TaskCell(shell, options, plan, CellCode(source, filename, plan.outputs, plan.shows_value))
+        if not parsed.block:
+            cell.attach_view()
+        ns = shell.user_ns
+        try:
+            cell.submit({name: ns[name] for name in sorted(plan.reads) if name in ns})
+        except NbflowError as exc:
+            raise short_error(exc) from None
+        self.cells.add(cell)
+        if parsed.block:
+            return self._block(cell)
+        return None
+
+    def _block(self, cell: TaskCell) -> None:
+        """``--block``: wait, then show the cell's output as an ordinary cell would (no display updates)."""
+        try:
+            cell.settled.wait()
+        except KeyboardInterrupt as exc:
+            cell.attach_view()  # it keeps running: from now on its output goes to a live display here
+            raise short_error(exc, _interrupted([cell])) from None
+        report = cell.report
+        sys.stdout.write(report.get("stdout", ""))
+        sys.stderr.write(report.get("stderr", ""))
+        if cell.error is not None:
+            raise short_error(cell.error, report.get("traceback"))
+        if cell.outcome == "cancelled":
+            print(f"nbflow: task cell {cell.name!r} was cancelled", file=sys.stderr)
+        elif report.get("value") is not None:
+            display(report["value"], raw=True)
+
+    def _wait_for(self, cells: list[TaskCell]) -> None:
+        try:
+            for cell in cells:
+                cell.settled.wait()
+        except KeyboardInterrupt as exc:
+            raise short_error(exc, _interrupted(cells)) from None
+        for cell in cells:
+            cell.republish()
+        failed = [f"{cell.name} ({type(cell.error).__name__})" for cell in cells if cell.error is not None]
+        if failed:
+            print(f"nbflow: {len(failed)} task cell(s) failed: {', '.join(failed)}", file=sys.stderr)
+
+
+def _interrupted(cells: list[TaskCell]) -> str:
+    running = [cell.name for cell in cells if not cell.settled.is_set()]
+    return (
+        f"KeyboardInterrupt: stopped waiting; {len(running)} task cell(s) keep running and rebind their "
+        f"outputs when done: {', '.join(running)}"
+    )

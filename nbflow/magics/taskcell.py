@@ -1,0 +1,206 @@
+"""A submitted ``%%nbflow task`` cell: its futures, its displays, and rebinding its outputs in the notebook.
+
+Rebinding choice: when the task finishes, the engine's done callback (an engine or Dask client thread)
+rebinds each output name whose value is still this cell's future (an identity check), so the notebook sees
+values without running another cell. The check and the store are two steps; a cell running in the main
+thread that assigns that very name in the microseconds between them would be overwritten. We accept that
+window rather than deferring rebinding to the next cell. Only values of existing keys change, never the
+namespace's size, so a cell iterating ``globals()`` meanwhile is not disturbed.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterable
+from typing import Any
+
+from ..futures import Future, find_futures
+from ..task import Task, TaskOptions
+from .cells import CellCode, CellPlan, pick
+from .display import CellView
+
+TICK = 0.25  # seconds between status-line refreshes while task cells are unfinished
+
+
+def short_error(exc: BaseException, text: str | None = None) -> BaseException:
+    """Make IPython show ``exc`` as ``text`` (default: its one-line summary) instead of a traceback."""
+    lines = (text or "".join(traceback.format_exception_only(type(exc), exc))).rstrip("\n").split("\n")
+    exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]  # IPython's hook for remote errors
+    return exc
+
+
+class TaskCell:
+    """One execution of a task cell."""
+
+    def __init__(self, shell: Any, options: TaskOptions, plan: CellPlan, code: CellCode) -> None:
+        self.shell = shell
+        self.options = options
+        self.name = options.name
+        self.plan = plan
+        self.code = code
+        self.future: Future | None = None  # dropped once finished, with everything else holding values
+        self.outputs: dict[str, Future] = {}
+        self.previous: dict[str, Any] = {}
+        self.upstream: list[Future] = []
+        self.view: CellView | None = None
+        self.settled = threading.Event()
+        self.outcome = ""  # "finished" | "error" | "cancelled" once settled
+        self.error: BaseException | None = None
+        self.report: dict[str, Any] = {}  # stdout, stderr, traceback, value once settled
+        self._submitted = time.monotonic()
+        self._ended = 0.0
+        self._lock = threading.Lock()
+
+    def submit(self, inputs: dict[str, Any]) -> None:
+        """Submit the cell and one small task per output, bind the outputs to their futures (main thread)."""
+        self.upstream = find_futures(list(inputs.values()))
+        self._submitted = time.monotonic()
+        future = Task(self.code, self.options).submit(**inputs)
+        self.future = future
+        for name in self.plan.outputs:
+            self.outputs[name] = Task(pick, TaskOptions(name=f"{self.name}.{name}")).submit(future, name)
+        ns = self.shell.user_ns
+        for name, fut in self.outputs.items():
+            if name in ns:
+                self.previous[name] = ns[name]
+            ns[name] = fut
+        future.add_done_callback(self._finish)
+
+    def attach_view(self) -> None:
+        """Show the status line under the running cell (main thread), then keep it up to date."""
+        with self._lock:
+            self.view = CellView(self.name, self.plan.shows_value)
+            self.view.show(self.state())
+            if self.outcome:
+                self._draw()
+
+    def state(self) -> str:
+        """The status line: queued / waiting for GPU / running on worker X / done in 3.2 s / failed ..."""
+        took = f"{self._ended - self._submitted:.1f} s"
+        if self.outcome:
+            return {"finished": f"done in {took}", "error": f"failed after {took}"}.get(self.outcome, self.outcome)
+        fut = self.future
+        if fut is None:
+            return "submitting"
+        if fut.phase == "waiting":
+            return "waiting for " + ", ".join({**self.options.resources, **self.options.limits})
+        if fut.phase == "running":
+            return f"running on {fut.worker}" if fut.worker else "running"
+        upstream = [dep.name for dep in self.upstream if not dep.done()]
+        return f"waiting for {', '.join(dict.fromkeys(upstream))}" if upstream else "queued"
+
+    def refresh(self) -> None:
+        """Redraw the status line if the task moved on (called by the ticker)."""
+        with self._lock:
+            if self.view is not None and not self.outcome:
+                self.view.update(self.state())
+
+    def _finish(self, fut: Future) -> None:
+        """Done callback (any thread): rebind outputs, show the cell's output, wake ``%nbflow wait``."""
+        try:
+            report: dict[str, Any] = {}
+            if fut.cancelled():
+                outcome = "cancelled"
+            elif fut.exception() is not None:
+                outcome, self.error = "error", fut.exception()
+                report = dict(getattr(self.error, "_nbflow_cell", None) or {})
+                report.setdefault("traceback", "".join(traceback.format_exception_only(type(self.error), self.error)))
+            else:
+                outcome, result = "finished", fut.result()
+                self._rebind(result["outputs"])
+                report = {key: item for key, item in result.items() if key != "outputs"}
+            with self._lock:
+                self._ended = time.monotonic()
+                self.outcome, self.report = outcome, report
+                # keep no values alive: the notebook holds them now (or the failed futures do)
+                self.future, self.outputs, self.previous, self.upstream = None, {}, {}, []
+                if self.view is not None:
+                    self._draw()
+        except BaseException as exc:  # never leave a waiter hanging; say what broke
+            print(f"nbflow: finishing task cell {self.name!r} failed: {exc!r}", file=sys.__stderr__)
+        finally:
+            self.settled.set()
+
+    def _rebind(self, values: dict[str, Any]) -> None:
+        ns = self.shell.user_ns
+        for name, fut in self.outputs.items():
+            if ns.get(name) is fut:  # not reassigned meanwhile
+                if name in values:
+                    ns[name] = values[name]
+                elif name in self.previous:  # the cell did not assign it after all (e.g. an untaken branch)
+                    ns[name] = self.previous[name]
+
+    def _draw(self) -> None:
+        streams = {kind: self.report.get(kind, "") for kind in ("stdout", "stderr", "traceback")}
+        assert self.view is not None
+        self.view.update(self.state(), streams, self.report.get("value"))
+
+    def republish(self) -> None:
+        with self._lock:
+            if self.view is not None:
+                self.view.republish()
+
+    def cancel(self) -> bool:
+        """Cancel the cell if it has not started; its outputs' futures then fail with ``UpstreamError``."""
+        fut = self.future
+        return fut is not None and fut.cancel()
+
+
+class Registry:
+    """The kernel's task cells, and the one thread that refreshes their status lines while any is unfinished."""
+
+    def __init__(self) -> None:
+        self._cells: list[TaskCell] = []  # not yet covered by a ``%nbflow wait`` for all
+        self._by_name: dict[str, TaskCell] = {}  # the latest cell of each name
+        self._lock = threading.Lock()
+        self._ticker: threading.Thread | None = None
+
+    def add(self, cell: TaskCell) -> None:
+        with self._lock:
+            self._cells.append(cell)
+            self._by_name.pop(cell.name, None)  # re-insert: lookups by output variable prefer recent cells
+            self._by_name[cell.name] = cell
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick, name="nbflow-magics-status", daemon=True)
+                self._ticker.start()
+
+    def _tick(self) -> None:
+        while True:
+            time.sleep(TICK)
+            with self._lock:
+                pending = [c for c in self._cells if not c.settled.is_set()]
+                if not pending:
+                    self._ticker = None
+                    return
+            for cell in pending:
+                cell.refresh()
+
+    def unwaited(self) -> list[TaskCell]:
+        """Task cells submitted since the last wait for all (finished or not)."""
+        with self._lock:
+            return list(self._cells)
+
+    def waited(self, cells: list[TaskCell]) -> None:
+        with self._lock:
+            self._cells = [c for c in self._cells if c not in cells]
+
+    def unfinished(self) -> list[TaskCell]:
+        with self._lock:
+            return [c for c in self._cells if not c.settled.is_set()]  # a cell leaves _cells only once settled
+
+    def find(self, names: Iterable[str]) -> list[TaskCell]:
+        """Task cells by task name or by an output variable, latest first; an unknown name is a ``UsageError``."""
+        from IPython.core.error import UsageError
+
+        with self._lock:
+            by_name = dict(self._by_name)
+        found = []
+        for name in names:
+            cell = by_name.get(name) or next((c for c in reversed(by_name.values()) if name in c.plan.outputs), None)
+            if cell is None:
+                raise UsageError(f"no task cell named {name!r} (task cells: {', '.join(by_name) or 'none yet'})")
+            found.append(cell)
+        return found
