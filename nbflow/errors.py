@@ -41,3 +41,7 @@ class TaskTimeout(NbflowError, TimeoutError):
 
 class LimitsDirError(NbflowError, OSError):
     """The limits directory is unusable (not writable, foreign-owned, no flock)."""
+
+
+class SchedulerUnreachable(NbflowError, ConnectionError):
+    """No Dask scheduler answered at the given address within the connect timeout."""

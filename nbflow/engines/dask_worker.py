@@ -1,0 +1,240 @@
+"""What runs on a Dask worker: the task wrapper, the secede/rejoin block hook and the occupancy probe.
+
+Imported by the client (which pickles ``run_task`` by reference) and by every worker running an nbflow task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from distributed import get_client, rejoin, secede
+from distributed.comm.addressing import get_address_host
+
+from ..errors import TaskTimeout
+from ..futures import set_block_hook
+from ..task import Task
+from . import Engine, bind
+
+_state = threading.local()  # per task thread: depth of nested waits, so we secede and rejoin once
+
+
+def run_task(task: Task, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
+    """The function Dask runs for every nbflow task: bind the worker's engine, hold limits, enforce timeout.
+
+    Dependencies arrive already resolved by Dask. ``retry_delay`` is slept here after a failed attempt
+    that Dask will retry (Dask has no delay of its own).
+    """
+    opts = task.options
+    engine = _worker_engine(on_unsatisfiable)
+    previous = bind(engine)
+    set_block_hook(_seceded)
+    try:
+        holdings = _acquire_limits(opts.limits, opts.name) if opts.limits else []
+        try:
+            if opts.timeout is None:
+                return task.fn(*args, **kwargs)
+            return _run_with_deadline(task, args, kwargs, engine, holdings)
+        finally:
+            for holding in holdings:
+                holding.release()
+    except Exception:
+        if opts.retries and opts.retry_delay:
+            time.sleep(opts.retry_delay)
+        raise
+    finally:
+        set_block_hook(None)
+        bind(previous)
+
+
+def _secede_once() -> None:
+    depth = getattr(_state, "depth", 0)
+    _state.depth = depth + 1
+    if depth == 0:
+        secede()
+
+
+def _rejoin_once() -> None:
+    _state.depth -= 1
+    if _state.depth == 0:
+        rejoin()
+
+
+@contextlib.contextmanager
+def _seceded() -> Iterator[None]:
+    """Leave the worker's thread pool while this task waits (nested tasks, a limit); rejoin after."""
+    _secede_once()
+    try:
+        yield
+    finally:
+        _rejoin_once()
+
+
+def _acquire_limits(demands: dict, name: str) -> list:
+    from ..limits import acquire_all
+
+    with _seceded():  # waiting for a machine-wide limit must not hold a worker thread
+        return acquire_all(demands, task=name)
+
+
+class _Relay:
+    """Runs secede/rejoin in the task thread on behalf of the helper thread that runs a timed task.
+
+    Dask's secede/rejoin only work in the thread Dask started the task in; that thread waits on ``requests``.
+    """
+
+    def __init__(self) -> None:
+        self.requests: queue.SimpleQueue = queue.SimpleQueue()
+        self.lock = threading.Lock()
+        self.closed = False
+
+    def call(self, fn: Callable[[], object]) -> None:
+        done = threading.Event()
+        with self.lock:
+            if self.closed:  # the task timed out: nobody will serve the request
+                return
+            self.requests.put((fn, done))
+        done.wait()
+
+    def close(self) -> None:
+        with self.lock:
+            self.closed = True
+        with contextlib.suppress(queue.Empty):
+            while True:
+                request = self.requests.get_nowait()
+                if request is not None:
+                    request[1].set()
+
+    @contextlib.contextmanager
+    def seceded(self) -> Iterator[None]:
+        self.call(_secede_once)
+        try:
+            yield
+        finally:
+            self.call(_rejoin_once)
+
+
+def _run_with_deadline(task: Task, args: tuple, kwargs: dict, engine: Engine, holdings: list) -> Any:
+    """Run the task in a helper thread and raise ``TaskTimeout`` in this one at the deadline.
+
+    At the deadline the worker thread and the task's Dask resources are free at once; the helper gets an
+    asynchronous ``TaskTimeout`` that stops Python code at its next bytecode (a blocking C call finishes
+    first), and keeps the task's machine-wide limits until it has really stopped.
+    """
+    timeout = task.options.timeout
+    relay = _Relay()
+    outcome: dict[str, Any] = {}
+
+    def finish() -> None:  # idempotent: a late TaskTimeout may interrupt it and make it run again
+        with relay.lock:
+            outcome["finished"] = True
+            orphaned = outcome.get("orphaned", [])
+        for holding in orphaned:
+            holding.release()
+        relay.requests.put(None)
+
+    def helper() -> None:
+        bind(engine)
+        set_block_hook(relay.seceded)
+        try:
+            try:
+                outcome["value"] = task.fn(*args, **kwargs)
+            except BaseException as exc:  # handed to the task thread, which raises it
+                outcome["error"] = exc
+        finally:
+            while True:
+                try:
+                    finish()
+                    break
+                except TaskTimeout:
+                    continue
+
+    thread = threading.Thread(target=helper, name=f"nbflow-{task.name}", daemon=True)
+    deadline = time.monotonic() + timeout
+    thread.start()
+    while (request := _next_request(relay, deadline)) is not None:
+        fn, done = request
+        try:
+            fn()
+        finally:
+            done.set()
+    with relay.lock:
+        timed_out = not outcome.get("finished")
+        if timed_out:
+            outcome["orphaned"] = holdings[:]
+            holdings.clear()
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TaskTimeout))
+    if timed_out:
+        relay.close()
+        raise TaskTimeout(f"task {task.name!r} ran longer than its timeout of {timeout:g} s")
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
+def _next_request(relay: _Relay, deadline: float) -> tuple | None:
+    """The helper's next secede/rejoin request; ``None`` when it finished or the deadline passed."""
+    try:
+        return relay.requests.get(timeout=max(deadline - time.monotonic(), 0))
+    except queue.Empty:
+        return None
+
+
+class _WorkerEngine(Engine):
+    """The engine tasks see on a worker: a Dask engine on the worker's client, created on first use."""
+
+    kind = "dask"
+
+    def __init__(self, on_unsatisfiable: str) -> None:
+        self.on_unsatisfiable = on_unsatisfiable
+        self._real: Engine | None = None
+        self._lock = threading.Lock()
+
+    def _engine(self) -> Engine:
+        with self._lock:
+            if self._real is None:
+                from .dask import DaskEngine
+
+                self._real = DaskEngine(client=get_client(), on_unsatisfiable=self.on_unsatisfiable)
+            return self._real
+
+    def submit(self, task: Task, args: tuple, kwargs: dict):
+        return self._engine().submit(task, args, kwargs)
+
+    def call(self, task: Task, args: tuple, kwargs: dict) -> Any:
+        return self._engine().call(task, args, kwargs)
+
+    def occupancy(self):
+        return self._engine().occupancy()
+
+    def __getattr__(self, name: str) -> Any:  # .client and anything else DaskEngine offers
+        return getattr(self._engine(), name)
+
+
+_worker_engines: dict[str, _WorkerEngine] = {}
+
+
+def _worker_engine(on_unsatisfiable: str) -> _WorkerEngine:
+    found = _worker_engines.get(on_unsatisfiable)
+    if found is None:
+        found = _worker_engines.setdefault(on_unsatisfiable, _WorkerEngine(on_unsatisfiable))
+    return found
+
+
+def probe(dask_worker: Any) -> dict[str, Any]:
+    """Run by ``client.run`` on every worker: what this worker itself holds and runs right now."""
+    state = dask_worker.state
+    return {
+        "name": str(dask_worker.name),
+        "host": get_address_host(dask_worker.address),
+        "total": dict(state.total_resources),
+        "available": dict(state.available_resources),
+        "running": [ts.key for ts in state.executing] + [ts.key for ts in state.long_running],
+        "waiting": [ts.key for ts in state.constrained],
+        "queued": len(state.ready),
+    }
