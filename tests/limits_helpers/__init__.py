@@ -1,0 +1,62 @@
+"""Helpers for the limits tests: a worker script run in real processes, and state checks."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
+
+
+def start(*args: object, **kwargs) -> subprocess.Popen:
+    """Run ``worker.py args...`` in a new Python process (inheriting ``NBFLOW_LIMITS_DIR``)."""
+    return subprocess.Popen([sys.executable, WORKER, *map(str, args)], stdout=subprocess.PIPE, text=True, **kwargs)
+
+
+def expect_line(proc: subprocess.Popen, prefix: str) -> str:
+    line = proc.stdout.readline().strip()
+    assert line.startswith(prefix), f"expected {prefix!r} from the worker, got {line!r}"
+    return line[len(prefix) :].strip()
+
+
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy (generous timeout: the machine is loaded)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def locked(path: str) -> bool:
+    """Whether some open file description holds a flock on ``path`` (tested without taking it for long)."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def assert_nothing_held(root: str) -> None:
+    """No limit in ``root`` has a visible slot or waiting file, and no gate is locked."""
+    if not os.path.isdir(root):
+        return
+    for name in os.listdir(root):
+        base = os.path.join(root, name)
+        if not os.path.isdir(base):
+            continue
+        for sub in ("slots", "waiting"):
+            visible = [f for f in os.listdir(os.path.join(base, sub)) if not f.startswith(".")]
+            assert visible == [], f"{name}/{sub} still has {visible}"
+        gate = os.path.join(base, "gate")
+        assert not os.path.exists(gate) or not locked(gate), f"the gate of {name} is still locked"
