@@ -29,7 +29,9 @@ def run_logged(tmp_path, name: str, procs: int, n: int, amounts: str = "1,2") ->
 
 def peak_use(records) -> float:
     """The largest total amount held at any instant (releases sort before grants at equal times)."""
-    events = sorted([(t1, 1, amount) for _, t1, _, amount in records] + [(t2, 0, -amount) for _, _, t2, amount in records])
+    events = sorted(
+        [(t1, 1, amount) for _, t1, _, amount in records] + [(t2, 0, -amount) for _, _, t2, amount in records]
+    )
     use = peak = 0.0
     for _, _, delta in events:
         use += delta
