@@ -20,6 +20,7 @@ from .errors import (
 )
 from .futures import Future, as_completed, gather, wait
 from .limits import LimitStatus, concurrency, limit, limits
+from .monitor import render_text as _render_text  # noqa: F401  (imported now, like occupancy: see nbflow.monitor)
 from .occupancy import Occupancy  # imported now: imported later, the submodule would shadow occupancy() below
 from .task import Task, task
 

@@ -47,6 +47,11 @@ READ_BARS = """([resource, scope]) => [...document.querySelectorAll(
     })"""
 
 
+def all_used(used: float) -> str:
+    """A JS predicate: every bar that ``READ_BARS`` finds reads ``used`` (and there is at least one)."""
+    return f"(arg) => {{ const bars = ({READ_BARS})(arg); return bars.length && bars.every(b => b[0] === {used}); }}"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -98,8 +103,9 @@ def jupyterlab(root: Path, state: Path) -> Iterator[tuple[str, str]]:
                 time.sleep(0.2)
         yield url, token
     finally:
+        shutdown = urllib.request.Request(f"{url}/api/shutdown?token={token}", method="POST")
         with contextlib.suppress(OSError):  # shuts its kernels down, then exits
-            urllib.request.urlopen(urllib.request.Request(f"{url}/api/shutdown?token={token}", method="POST"), timeout=5)
+            urllib.request.urlopen(shutdown, timeout=5)
         try:
             server.wait(30)
         except subprocess.TimeoutExpired:
@@ -148,8 +154,7 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
             assert rows == expected
 
             # while two tasks hold the GPUs: used 2 of 2, bars full
-            full = "([r, s]) => { const b = (" + READ_BARS + ")([r, s]); return b.length && b.every(x => x[0] === 2); }"
-            wait_for(page, full, ["GPU", ".nbflow-limits"], "the GPU limit bar did not reach 2/2")
+            wait_for(page, all_used(2), ["GPU", ".nbflow-limits"], "the GPU limit bar did not reach 2/2")
             [(used, total, width, text)] = page.evaluate(READ_BARS, ["GPU", ".nbflow-limits"])
             assert (used, total, text) == (2, 2, "2/2") and width == pytest.approx(100, abs=1)
             workers = page.evaluate(READ_BARS, ["GPU", ".nbflow-workers"])
@@ -161,8 +166,7 @@ def test_panel_in_jupyterlab(tmp_path: Path) -> None:
 
             # released: the third task runs and finishes, every bar falls to 0
             (root / "release").touch()
-            empty = "([r, s]) => { const b = (" + READ_BARS + ")([r, s]); return b.length && b.every(x => x[0] === 0); }"
-            wait_for(page, empty, ["GPU", ""], "the GPU bars did not fall to 0")
+            wait_for(page, all_used(0), ["GPU", ""], "the GPU bars did not fall to 0")
             bars = page.evaluate(READ_BARS, ["GPU", ""])
             assert all(width == 0 and text.startswith("0/") for _, _, width, text in bars), bars
             page.wait_for_function(
