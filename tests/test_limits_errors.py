@@ -1,0 +1,152 @@
+"""Bad input to limits (SPEC §10): one clear error of the class SPEC §7 names, and nothing left held."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+from limits_helpers import assert_nothing_held
+
+from nbflow.errors import LimitsDirError, NoSuchLimit, ResourceSpecError, Unsatisfiable
+from nbflow.limits import acquire, acquire_all, concurrency, limit, limits, remove_limit
+
+BAD_NAMES = ["a/b", "..", ".", "../escape", "a\0b", "x" * 129, "", "sp ace", 3, None]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+def test_malformed_names(tmp_path, limits_dir, name):
+    calls = [
+        lambda: limit(name, 1),
+        lambda: acquire(name),
+        lambda: concurrency(name),
+        lambda: acquire_all({name: 1}),
+        lambda: remove_limit(name),
+    ]
+    for call in calls:
+        with pytest.raises(ResourceSpecError, match="invalid limit/resource name") as info:
+            call()
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "escape").exists()
+    assert not limits_dir.exists() or os.listdir(limits_dir) in ([], [".flock-probe"])
+
+
+def test_name_of_128_characters_is_fine(limits_dir):
+    name = "n" * 128
+    limit(name, 1)
+    with acquire(name):
+        assert limits()[0].used == 1
+
+
+@pytest.mark.parametrize("amount", [0, -1, float("nan"), float("inf"), True, "1", None], ids=repr)
+def test_bad_amounts(limits_dir, amount):
+    limit("X", 2)
+    with pytest.raises(ResourceSpecError, match="amount of 'X' must be"):
+        acquire("X", amount)
+    with pytest.raises(ResourceSpecError):
+        concurrency("X", occupy=amount)
+    with pytest.raises(ResourceSpecError):
+        acquire_all({"X": amount})
+    with pytest.raises(ResourceSpecError):
+        limit("Y", amount)
+    assert [s.name for s in limits()] == ["X"] and limits()[0].used == 0
+    assert_nothing_held(str(limits_dir))
+
+
+def test_bad_timeout(limits_dir):
+    limit("X", 1)
+    with pytest.raises(ValueError, match="timeout must be None or a number of seconds >= 0"):
+        acquire("X", timeout=-1)
+    assert_nothing_held(str(limits_dir))
+
+
+def test_occupy_above_capacity_is_unsatisfiable_at_once(limits_dir):
+    limit("GPU", 2)
+    with pytest.raises(Unsatisfiable, match=r"limit 'GPU' has capacity 2, so 3 can never be granted"):
+        acquire("GPU", 3)
+    with pytest.raises(Unsatisfiable):
+        with concurrency("GPU", occupy=2.5):
+            raise AssertionError("granted")
+    with pytest.raises(Unsatisfiable):
+        acquire_all({"GPU": 1, "CPU": 10_000})
+    assert limits()[0].used == 0
+    assert_nothing_held(str(limits_dir))
+
+
+@pytest.mark.parametrize("content", ["garbage", "", "-2", "nan", "inf", "0"])
+def test_corrupted_capacity_file(limits_dir, content):
+    limit("C", 2)
+    path = limits_dir / "C" / "capacity"
+    path.write_text(content)
+    for call in (lambda: acquire("C"), limits):
+        with pytest.raises(LimitsDirError, match=f"corrupted limits state file {path} .*nbflow limits set C N"):
+            call()
+    assert_nothing_held(str(limits_dir))
+    limit("C", 1)  # the fix the message names
+    with acquire("C", timeout=5):
+        assert limits()[0].capacity == 1
+
+
+def make_unwritable(path) -> None:
+    """Root writes anywhere, except into an immutable directory (``chattr +i``); others: chmod 0500."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(path)], check=True)
+    else:
+        path.chmod(0o500)
+
+
+def test_unwritable_dir(tmp_path, monkeypatch):
+    path = tmp_path / "frozen"
+    path.mkdir()
+    make_unwritable(path)
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(path))
+    try:
+        for call in (lambda: limit("X", 1), lambda: acquire("CPU"), limits):
+            with pytest.raises(LimitsDirError, match=f"limits directory {path} is not writable.*NBFLOW_LIMITS_DIR"):
+                call()
+        assert os.listdir(path) == []
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_file_in_place_of_the_dir(tmp_path, monkeypatch):
+    path = tmp_path / "afile"
+    path.write_text("not a directory")
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(path / "limits"))
+    with pytest.raises(LimitsDirError, match="cannot be created or used"):
+        acquire("CPU")
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(path))
+    with pytest.raises(LimitsDirError, match="cannot be created or used"):
+        limit("X", 1)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the directory to another user")
+def test_foreign_owned_world_writable_dir(tmp_path, monkeypatch):
+    path = tmp_path / "shared"
+    path.mkdir()
+    os.chown(path, 65534, 65534)
+    path.chmod(0o777)
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(path))
+    with pytest.raises(LimitsDirError, match=f"limits directory {path} is owned by uid 65534 and writable by others"):
+        acquire("CPU")
+    assert os.listdir(path) == []
+    path.chmod(0o755)  # foreign-owned but not writable by others: accepted
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(path) + "/")  # a new path string: checked again
+    with acquire("CPU", timeout=5):
+        pass
+
+
+def test_limits_dir_is_read_at_each_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(tmp_path / "one"))
+    limit("X", 1)
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", str(tmp_path / "two"))
+    assert limits() == []
+    with pytest.raises(NoSuchLimit):
+        acquire("X")
+    monkeypatch.delenv("NBFLOW_LIMITS_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
+    limit("X", 1)
+    default = tmp_path / "state" / "nbflow" / "limits"
+    assert (default / "X" / "capacity").exists()
+    assert oct(default.stat().st_mode & 0o777) == oct(0o700)
