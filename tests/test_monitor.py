@@ -273,3 +273,18 @@ def test_import_nbflow_does_not_import_the_widget_stack():
 def test_front_end_ships_with_the_package():
     assert "export default" in Monitor._esm and "render(" in Monitor._esm
     assert ".nbflow-monitor" in Monitor._css and "--jp-ui-font-color1" in Monitor._css
+
+
+def test_nbflow_monitor_stays_callable_once_its_module_is_loaded():
+    code = (
+        "import nbflow\n"
+        "first = nbflow.monitor(interval=60)\n"  # loads nbflow.monitor's widget half
+        "import nbflow.monitor\n"
+        "from nbflow.monitor import Monitor\n"
+        "second = nbflow.monitor(interval=60)\n"
+        "assert isinstance(first, Monitor) and isinstance(second, Monitor)\n"
+        "first.close(); second.close(); nbflow.engine().close()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout == "ok\n", done.stderr
