@@ -104,7 +104,7 @@ def line(what: str, value: float, unit: str, target: float, detail: str) -> None
 
 
 def main() -> None:
-    manager, client = start_new_kernel(kernel_name="python3", transport="ipc")
+    manager, client = start_new_kernel(kernel_name="python3")
     try:
         run(client, f"WORKERS, TICKS = {WORKERS}, {TICKS}\n" + KERNEL_CODE)
         out, changed = run(client, "print(json.dumps(bench(changing=1)))")
