@@ -288,3 +288,37 @@ def test_nbflow_monitor_stays_callable_once_its_module_is_loaded():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout == "ok\n", done.stderr
+
+
+def wait_for_file(path: str) -> int:
+    """A task body for the Dask engine (a worker process): hold until the test creates ``path``."""
+    import pathlib
+
+    while not pathlib.Path(path).exists():
+        time.sleep(0.05)
+    return 1
+
+
+def test_panel_on_the_dask_engine(panels, tmp_path):
+    nbflow.use("dask", n_workers=2, resources=[{"GPU": 2}, {"MEMORY": 100e9}])
+    infer = nbflow.task(resources={"GPU": 1}, name="infer")(wait_for_file)
+    panel = nbflow.monitor(interval=0.05)
+    panels.append(panel)
+    release = tmp_path / "release"
+    future = infer.submit(str(release))
+
+    def gpu_worker(snap):
+        return [w for w in snap["workers"] if "GPU" in w["resources"]]
+
+    busy = wait_for_snapshot(panel, lambda s: gpu_used(s) == 1, "the GPU task running")
+    assert busy["engine"] == "dask" and len(busy["workers"]) == 2
+    [gpu] = gpu_worker(busy)
+    assert gpu["resources"]["GPU"] == {"total": 2.0, "used": 1.0} and gpu["running"] == 1
+    [memory] = [w for w in busy["workers"] if "MEMORY" in w["resources"]]
+    assert memory["resources"]["MEMORY"] == {"total": 100e9, "used": 0.0}
+    assert "GPU 1/2" in render_text(busy) and "MEMORY 0/100 GB" in render_text(busy)
+
+    release.touch()
+    assert future.result(timeout=60) == 1
+    done = wait_for_snapshot(panel, lambda s: gpu_used(s) == 0 and s["tasks"]["finished"] == 1, "the task done")
+    assert gpu_worker(done)[0]["running"] == 0
