@@ -54,6 +54,35 @@ def pid() -> int:
     return _pid
 
 
+class Pool:
+    """Open descriptors (with their details) kept for reuse, keyed by path, at most ``size`` per key.
+
+    Opening or creating a file costs more than the rest of an acquisition; the pooled descriptors are
+    tracked, so a forked child closes them, and the pool is emptied there.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: dict[str, list] = {}
+        os.register_at_fork(after_in_child=self._items.clear)
+
+    def take(self, key: str):
+        """A pooled item for ``key``, or None."""
+        items = self._items.get(key)
+        try:
+            return items.pop() if items else None
+        except IndexError:  # another thread took the last one
+            return None
+
+    def give(self, key: str, item) -> bool:
+        """Keep ``item`` for reuse; False when the pool for ``key`` is full (the caller closes it)."""
+        items = self._items.setdefault(key, [])
+        if len(items) >= self.size:
+            return False
+        items.append(item)
+        return True
+
+
 def _after_fork_child() -> None:
     global _pid, _token, _counter
     for fd, owner in _tracked.items():

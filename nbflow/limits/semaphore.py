@@ -18,11 +18,12 @@ import os
 import select
 import threading
 import time
+from json.encoder import encode_basestring
 
 from ..errors import LimitsDirError, LimitTimeout, NoSuchLimit, Unsatisfiable
 from .detect import detected_capacity
-from .forksafe import HOST, close_tracked, open_tracked, pid, set_owner, unique
-from .holding import Holding, put_spare, take_spare, wake
+from .forksafe import HOST, Pool, close_tracked, open_tracked, pid, set_owner, unique
+from .holding import Holding, keep_spare, spares, wake
 from .paths import limits_dir
 from .status import Holder, LimitStatus
 
@@ -112,7 +113,7 @@ class Budget:
 def record(task: str, amount: float, since: float, slots: tuple[int, ...]) -> bytes:
     """The JSON a holder/waiter file holds (formatted by hand: this is on the hot path)."""
     return (
-        f'{{"pid": {pid()}, "host": {HOST_JSON}, "task": {json.dumps(task)}, "amount": {amount!r}, '
+        f'{{"pid": {pid()}, "host": {HOST_JSON}, "task": {encode_basestring(task)}, "amount": {amount!r}, '
         f'"since": {since!r}, "slots": [{", ".join(map(str, slots))}]}}'
     ).encode()
 
@@ -177,15 +178,22 @@ def read_live(path: str) -> dict | None:
     return fields if isinstance(fields, dict) else {}
 
 
+gates: Pool = Pool(64)  # gate path -> descriptors of this process not in use by an acquisition
+
+
+def visible(directory: str) -> list[str]:
+    """The holdings (or waiters) listed in ``directory``: dotfiles are spares or being written."""
+    return [entry for entry in os.listdir(directory) if entry[0] != "."]
+
+
 def used_of(names: list[str]) -> float:
-    """Sum of the amounts in slot file names (dotfiles are in creation or stale, not holdings)."""
+    """Sum of the amounts in visible slot file names (names no nbflow process writes are ignored)."""
     used = 0.0
     for entry in names:
-        if entry[0] != ".":
-            try:
-                used += float(entry.split("_", 1)[0])
-            except ValueError:
-                pass
+        try:
+            used += float(entry.split("_", 1)[0])
+        except ValueError:
+            pass
     return used
 
 
@@ -199,7 +207,7 @@ def free_indices(names: list[str], count: int, capacity: float) -> tuple[int, ..
     taken: set[int] = set()
     for entry in names:
         parts = entry.split("_", 2)
-        if entry[0] != "." and len(parts) == 3 and parts[1]:
+        if len(parts) == 3 and parts[1]:
             taken.update(int(i) for i in parts[1].split(",") if i.isdigit())
     free = [i for i in range(int(capacity + EPS * max(capacity, 1.0))) if i not in taken]
     return tuple(free[:count]) if len(free) >= count else ()
@@ -209,7 +217,7 @@ def holder_pids(names: list[str]) -> set[int]:
     pids = set()
     for entry in names:
         parts = entry.split("_", 3)
-        if entry[0] != "." and len(parts) == 4 and parts[2].isdigit():
+        if len(parts) == 4 and parts[2].isdigit():
             pids.add(int(parts[2]))
     pids.discard(pid())
     return pids
@@ -375,9 +383,7 @@ class Limit:
     def holders(self) -> list[Holder]:
         """Live holders (stale slot files of dead holders are removed on the way)."""
         out = []
-        for entry in sorted(os.listdir(self.slots_dir)):
-            if entry[0] == ".":
-                continue
+        for entry in sorted(visible(self.slots_dir)):
             fields = read_live(f"{self.slots_dir}/{entry}")
             if fields is None:
                 continue
@@ -394,11 +400,7 @@ class Limit:
         return out
 
     def waiting(self) -> int:
-        return sum(
-            1
-            for entry in os.listdir(self.waiting_dir)
-            if entry[0] != "." and read_live(f"{self.waiting_dir}/{entry}") is not None
-        )
+        return sum(1 for entry in visible(self.waiting_dir) if read_live(f"{self.waiting_dir}/{entry}") is not None)
 
     def status(self) -> LimitStatus | None:
         """This limit as ``limits()`` shows it; None when it has neither a capacity nor holders."""
@@ -412,9 +414,9 @@ class Limit:
         used = float(sum(h.amount for h in holders))
         return LimitStatus(self.name, capacity or 0.0, used, holders, self.waiting())
 
-    def _reap_stale(self, names: list[str]) -> bool:
-        """As head: remove slot files whose holder died (and dotfiles of heads that died mid-write)."""
-        return sum(reap(f"{self.slots_dir}/{entry}") for entry in names) > 0
+    def _reap_stale(self) -> bool:
+        """As head: remove slot files whose holder died, visible ones and spares (True if any)."""
+        return sum(reap(f"{self.slots_dir}/{entry}") for entry in os.listdir(self.slots_dir)) > 0
 
     # --- acquisition ----------------------------------------------------------------------------
 
@@ -434,7 +436,9 @@ class Limit:
     def _acquire(self, amount: float, task: str, budget: Budget) -> Holding:
         capacity = self.check(amount)
         self.ensure()
-        gate = open_tracked(self.gate_path, os.O_RDWR | os.O_CREAT)
+        gate = gates.take(self.gate_path)  # one open file description per acquisition in flight
+        if gate is None:
+            gate = open_tracked(self.gate_path, os.O_RDWR | os.O_CREAT)
         marker: tuple[str, int] | None = None
         locked = False
         try:
@@ -445,9 +449,9 @@ class Limit:
                 locked = True
             fifo = -1
             while True:
-                names = os.listdir(self.slots_dir)
-                if not fits(used_of(names), amount, capacity) and self._reap_stale(names):
-                    names = os.listdir(self.slots_dir)
+                names = visible(self.slots_dir)
+                if not fits(used_of(names), amount, capacity) and self._reap_stale():
+                    names = visible(self.slots_dir)
                 if fits(used_of(names), amount, capacity):
                     return self._grant(amount, task, capacity, names)
                 if fifo < 0:  # drain old wake-ups, then look again before sleeping so none is missed
@@ -467,7 +471,8 @@ class Limit:
                     close_tracked(marker[1])
             if locked:
                 filelock.unlock_descriptor(gate)
-            close_tracked(gate)
+            if not gates.give(self.gate_path, gate):
+                close_tracked(gate)
 
     def _wait_gate(self, gate: int, budget: Budget) -> None:
         """Become head: a blocking flock (kernel queue, GIL released) or, with a timeout, short polls."""
@@ -494,7 +499,7 @@ class Limit:
         holding = Holding(self.name, amount, slots, task, since, self.slots_dir, self.wake_path)
         data = record(task, amount, since, slots)
         path = f"{self.slots_dir}/{amount!r}_{','.join(map(str, slots))}_{unique()}"
-        spare = take_spare(self.slots_dir)
+        spare = spares.take(self.slots_dir)
         if spare is None:
             spare_path = f"{self.slots_dir}/.spare-{unique()}"
             fd = open_tracked(spare_path, CREATE, holding)
@@ -505,9 +510,9 @@ class Limit:
             set_owner(fd, holding)
         try:
             os.pwrite(fd, data.ljust(size), 0)  # JSON readers ignore the trailing blanks
-            os.rename(spare_path, path)
+            os.link(spare_path, path)
         except BaseException:
-            put_spare(self.slots_dir, fd, spare_path, size)
+            keep_spare(self.slots_dir, fd, spare_path, size)
             raise
         holding._path, holding._spare, holding._size, holding._fd = path, spare_path, max(size, len(data)), fd
         return holding
