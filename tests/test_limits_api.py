@@ -316,3 +316,34 @@ def test_forked_child_does_not_release_the_parents_share(limits_dir):
     assert status("FK").used == 1 and [h.pid for h in status("FK").holders] == [os.getpid()]
     held.release()
     assert_nothing_held(str(limits_dir))
+
+
+def test_shared_concurrency_object_releases_each_users_own_holding(limits_dir):
+    limit("SH", 2)
+    gpu = concurrency("SH", task="shared")
+
+    async def main() -> None:
+        got: dict[str, Holding] = {}
+        b_inside, a_left = asyncio.Event(), asyncio.Event()
+
+        async def a() -> None:
+            async with gpu as held:
+                got["a"] = held
+                await b_inside.wait()  # B entered after A: A now leaves first
+            a_left.set()
+
+        async def b() -> None:
+            while "a" not in got:
+                await asyncio.sleep(0.001)
+            async with gpu as held:
+                got["b"] = held
+                b_inside.set()
+                await a_left.wait()
+                assert got["a"].released and not held.released
+                assert [h.task for h in status("SH").holders] == ["shared"] and status("SH").used == 1
+
+        await asyncio.wait_for(asyncio.gather(a(), b()), 30)
+        assert got["b"].released and got["a"].slots != got["b"].slots
+
+    asyncio.run(main())
+    assert_nothing_held(str(limits_dir))

@@ -106,30 +106,43 @@ def _release_if_granted(done: concurrent.futures.Future[Holding]) -> None:
 
 
 class Concurrency:
-    """``with``/``async with`` a share of a limit; yields the ``Holding``."""
+    """``with``/``async with`` a share of a limit; yields the ``Holding``.
+
+    One object may be shared by threads and asyncio tasks (e.g. a module-level ``gpu = concurrency("GPU")``):
+    each thread or task releases the holding it entered with, even when their blocks interleave.
+    """
 
     def __init__(self, name: str, occupy: float = 1, timeout: float | None = None, *, task: str = "") -> None:
         self.name = check_name(name)
         self.occupy = check_amount(self.name, occupy)
         self.timeout = timeout
         self.task = task
-        self._held: list[Holding] = []  # a stack, so one object may be entered again (nested or per task)
+        self._held: dict[object, list[Holding]] = {}  # per thread / asyncio task: a stack (nested entries)
+
+    def _push(self, owner: object, holding: Holding) -> Holding:
+        self._held.setdefault(owner, []).append(holding)
+        return holding
+
+    def _pop(self, owner: object) -> None:
+        stack = self._held[owner]
+        holding = stack.pop()
+        if not stack:
+            del self._held[owner]
+        holding.release()
 
     def __enter__(self) -> Holding:
         holding = acquire(self.name, self.occupy, timeout=self.timeout, task=self.task)
-        self._held.append(holding)
-        return holding
+        return self._push(threading.get_ident(), holding)
 
     def __exit__(self, *exc: object) -> None:
-        self._held.pop().release()
+        self._pop(threading.get_ident())
 
     async def __aenter__(self) -> Holding:
         holding = await acquire_async(self.name, self.occupy, timeout=self.timeout, task=self.task)
-        self._held.append(holding)
-        return holding
+        return self._push(asyncio.current_task(), holding)
 
     async def __aexit__(self, *exc: object) -> None:
-        self._held.pop().release()
+        self._pop(asyncio.current_task())
 
 
 def concurrency(name: str, occupy: float = 1, timeout: float | None = None, *, task: str = "") -> Concurrency:

@@ -383,7 +383,7 @@ class Limit:
     def holders(self) -> list[Holder]:
         """Live holders (stale slot files of dead holders are removed on the way)."""
         out = []
-        for entry in sorted(visible(self.slots_dir)):
+        for entry in visible(self.slots_dir):
             fields = read_live(f"{self.slots_dir}/{entry}")
             if fields is None:
                 continue
@@ -397,7 +397,7 @@ class Limit:
                     since=float(fields.get("since", 0.0)),
                 )
             )
-        return out
+        return sorted(out, key=lambda h: h.since)
 
     def waiting(self) -> int:
         return sum(1 for entry in visible(self.waiting_dir) if read_live(f"{self.waiting_dir}/{entry}") is not None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -15,7 +16,10 @@ def start(*args: object, **kwargs) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, WORKER, *map(str, args)], stdout=subprocess.PIPE, text=True, **kwargs)
 
 
-def expect_line(proc: subprocess.Popen, prefix: str) -> str:
+def expect_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> str:
+    """The rest of the worker's next output line, which must start with ``prefix`` (within ``timeout``)."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no {prefix!r} line from the worker within {timeout} s"
     line = proc.stdout.readline().strip()
     assert line.startswith(prefix), f"expected {prefix!r} from the worker, got {line!r}"
     return line[len(prefix) :].strip()
