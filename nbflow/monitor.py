@@ -8,6 +8,7 @@ the widget itself (``anywidget``) lives in ``nbflow.panel`` and loads on first u
 from __future__ import annotations
 
 import html
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -60,10 +61,15 @@ def _header(snap: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+def _natural(name: str) -> list[str | int]:
+    """Sort key putting worker 2 before worker 10, as the live view does."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
 def _worker_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     """(name, host, resources, counts) per worker."""
     rows = []
-    for worker in snap.get("workers") or ():
+    for worker in sorted(snap.get("workers") or (), key=lambda w: _natural(str(w.get("name", "")))):
         uses = worker.get("resources") or {}
         bars = ", ".join(f"{name} {_used_of(name, use['used'], use['total'])}" for name, use in uses.items())
         counts = ", ".join(f"{worker.get(what, 0)} {what}" for what in ("running", "waiting", "queued"))
@@ -92,7 +98,7 @@ def render_text(snap: Mapping[str, Any]) -> str:
     workers = _worker_rows(snap)
     if workers:
         out.append("workers:")
-        out += [f"  {name} ({host}): {bars} · {counts}" for name, host, bars, counts in workers]
+        out += [f"  {name}{f' ({host})' if host else ''}: {bars} · {counts}" for name, host, bars, counts in workers]
     limits = _limit_rows(snap)
     if limits:
         out.append("limits:")

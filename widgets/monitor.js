@@ -4,6 +4,7 @@
 
 const STATUSES = ["pending", "waiting", "running", "finished", "error", "cancelled"];
 const BYTE_UNITS = ["kB", "MB", "GB", "TB", "PB"];
+const byName = new Intl.Collator(undefined, { numeric: true }); // worker 2 before worker 10
 
 function h(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -137,7 +138,7 @@ export default {
       const snap = model.get("snapshot") || {};
       if (snap.time) clock.offset = Date.now() / 1000 - snap.time;
       head.replaceChildren(...header(snap).filter(Boolean));
-      const list = snap.workers || [];
+      const list = [...(snap.workers || [])].sort((a, b) => byName.compare(String(a.name), String(b.name)));
       workers.replaceChildren(...(list.length ? [workerTable(list)] : [])); // the scroll box itself stays
       const rows = (snap.limits || []).map(limitRow);
       limitsTitle.hidden = rows.length === 0;
