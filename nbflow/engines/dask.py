@@ -74,6 +74,8 @@ class DaskEngine(Engine):
         self.client, self.cluster = connect(
             address, client, n_workers, threads_per_worker, processes, resources, connect_timeout
         )
+        self._owns_client = client is None
+        self._closed = False
         self._address = self.client.scheduler.address
         self._lock = threading.Lock()
         self._pending: dict[str, DaskFuture] = {}  # key -> future not yet done
@@ -252,15 +254,25 @@ class DaskEngine(Engine):
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Cancel what is still pending, close the client, and shut down a cluster this engine started."""
+        """Cancel what is still pending; close the client and cluster if this engine started them.
+
+        A client passed in by the caller stays open (its owner closes it); the pending tasks are cancelled
+        on it in one call. Closing twice is harmless.
+        """
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
+            closed, self._closed = self._closed, True
+        if closed:
+            return
         for future in pending:
-            cf.Future.cancel(future)  # no Dask round trip: closing the client releases everything
+            cf.Future.cancel(future)  # the nbflow side; Dask is told below, in one message
         self._watcher.close()
+        if pending and not self._owns_client:
+            self.client.cancel([future.dask for future in pending])
         if self._watching:
             self.client.unsubscribe_topic("all")
-        self.client.close()
+        if self._owns_client:
+            self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 
