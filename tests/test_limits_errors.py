@@ -53,10 +53,21 @@ def test_bad_amounts(limits_dir, amount):
     assert_nothing_held(str(limits_dir))
 
 
-def test_bad_timeout(limits_dir):
+@pytest.mark.parametrize("timeout", [-1, "1", float("nan"), True])
+def test_bad_timeout(limits_dir, timeout):
     limit("X", 1)
     with pytest.raises(ValueError, match="timeout must be None or a number of seconds >= 0"):
-        acquire("X", timeout=-1)
+        acquire("X", timeout=timeout)
+    assert_nothing_held(str(limits_dir))
+
+
+def test_directory_in_place_of_the_capacity_file(limits_dir):
+    limit("C", 2)
+    path = limits_dir / "C" / "capacity"
+    path.unlink()
+    path.mkdir()
+    with pytest.raises(LimitsDirError, match=f"corrupted limits state file {path} .*or delete it"):
+        acquire("C")
     assert_nothing_held(str(limits_dir))
 
 

@@ -92,7 +92,9 @@ class Budget:
     __slots__ = ("timeout", "deadline", "cancel")
 
     def __init__(self, timeout: float | None = None, cancel: Cancel | None = None) -> None:
-        if timeout is not None and (isinstance(timeout, bool) or not timeout >= 0):
+        if timeout is not None and (
+            not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0
+        ):
             raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
         self.timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
@@ -299,6 +301,8 @@ class Limit:
                 text = f.read(256).decode("utf-8", "replace").strip()
         except FileNotFoundError:
             return self.set_capacity()  # replaced or removed between stat and open
+        except OSError as exc:  # e.g. a directory in its place
+            text = exc.strerror or str(exc)
         try:
             value = float(text)
         except ValueError:
