@@ -26,3 +26,33 @@ def test_dependent_task_cells_show_output_under_their_own_cells():
     assert "42" in task_b  # the last expression's value, shown under its cell
     assert ordinary == "ordinary cell: Future False\n"  # ran while the tasks were pending; none of their output
     assert final == "20 21\n"
+
+
+FAILING = [
+    "%load_ext nbflow",
+    '%%nbflow task\nx = 1\nprint("before the error")\ny = x / 0\n',
+    "%%nbflow task\nz = y + 1",
+    "%nbflow wait",
+    "print(type(y).__name__, y.exception().failed, z.exception().failed)",
+    ('%%nbflow task --block\nprint("blocking cell prints")\nw = {}["missing"]', ["raises-exception"]),
+    '%%nbflow task --block\nprint("fine")\nv = 6 * 7\nv',
+]
+
+
+def test_failure_shows_the_cells_own_traceback_and_dependents_get_upstream_error():
+    nb = run_notebook(FAILING)
+    failing, dependent, wait, check, blocking_failure, blocking = (cell_text(cell) for cell in nb.cells[1:])
+    # the traceback under the failing cell, with that cell's line numbers (line 1 is the %%nbflow line)
+    assert re.search(r"\[nbflow\] x: failed after [0-9.]+ s\nbefore the error\n", failing), failing
+    assert 'File "Cell In[2]", line 4, in <module>\n    y = x / 0' in failing
+    assert failing.rstrip().endswith("ZeroDivisionError: division by zero")
+    assert "magics" not in failing  # no nbflow frames
+    assert re.search(r"\[nbflow\] z: failed after .*\nUpstreamError: upstream task 'x.y' failed", dependent)
+    assert "2 task cell(s) failed: x (ZeroDivisionError), z (UpstreamError)" in wait
+    assert check == "Future x z\n"  # the names stay bound to their failed futures
+    # --block: output and error like an ordinary cell, as real outputs of the cell (nbval sees these)
+    error = [out for out in nb.cells[5].outputs if out.output_type == "error"]
+    assert [out.ename for out in error] == ["KeyError"]
+    assert "blocking cell prints" in blocking_failure and 'File "Cell In[6]", line 3' in blocking_failure
+    assert blocking == "fine\n\n42"
+    assert [out.output_type for out in nb.cells[6].outputs] == ["stream", "display_data"]

@@ -48,7 +48,7 @@ def use_local():
 
 
 @magic_arguments("nbflow use dask")
-@argument("address", nargs="?", metavar="ADDRESS", help="Scheduler address, e.g. tcp://127.0.0.1:8786; omit for a new LocalCluster.")
+@argument("address", nargs="?", metavar="ADDRESS", help="Scheduler address (tcp://HOST:PORT); omit for a new cluster.")
 @argument("--n-workers", type=_count(1), metavar="N", help="Workers of the new LocalCluster.")
 @argument("--threads-per-worker", type=_count(1), metavar="N", help="Threads per worker of the new LocalCluster.")
 @argument("--resources", nargs="+", metavar="NAME=AMOUNT", help="Resources each new worker offers.")

@@ -52,8 +52,13 @@ def analyze(source: str, filename: str) -> CellPlan:
         if not isinstance(stmt, _MAYBE):
             bound.update(binds)
     last = tree.body[-1] if tree.body else None
-    shows_value = isinstance(last, ast.Expr) and not source.rstrip().endswith(";")
+    shows_value = isinstance(last, ast.Expr) and not source.rstrip().endswith(";") and not _prints(last.value)
     return CellPlan(frozenset(reads), tuple(outputs), shows_value, next(iter(assigned), None))
+
+
+def _prints(expr: ast.expr) -> bool:
+    """``print(...)``/``display(...)``: a last expression whose value (None) is not worth a display of its own."""
+    return isinstance(expr, ast.Call) and isinstance(expr.func, ast.Name) and expr.func.id in ("print", "display")
 
 
 def _nested_reads(table: symtable.SymbolTable) -> list[tuple[int, set[str]]]:

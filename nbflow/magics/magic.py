@@ -11,8 +11,8 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from IPython.display import display
 
 from .. import engines
-from ..limits import limit, limits
 from ..errors import NbflowError
+from ..limits import limit, limits
 from ..task import TaskOptions
 from . import args
 from .cells import CellCode, analyze
@@ -108,8 +108,8 @@ class NbflowMagics(Magics):
             raise UsageError("%nbflow cancel: name the task cells to cancel, or use --all (not both)")
         cells = self.cells.unfinished() if parsed.all else self.cells.find(parsed.names)
         kept = [cell.name for cell in cells if not cell.cancel() and cell.outcome != "cancelled"]
-        done = len(cells) - len(kept)
-        print(f"nbflow: cancelled {done} task cell(s)" + (f"; already running or done: {', '.join(kept)}" if kept else ""))
+        note = f"; already running or done: {', '.join(kept)}" if kept else ""
+        print(f"nbflow: cancelled {len(cells) - len(kept)} task cell(s){note}")
 
     # --- the task cell ----------------------------------------------------------------------------------
 
@@ -117,13 +117,15 @@ class NbflowMagics(Magics):
         parsed = args.parse(args.task, rest)
         shell = self.shell
         source = "\n" + shell.transform_cell(body)  # line 1 is the %%nbflow line: keep the cell's numbering
-        filename = f"Cell In[{shell.execution_count}]"
+        number = _cell_number(shell)
+        filename = f"Cell In[{number}]"
         try:
             plan = analyze(source, filename)
-        except SyntaxError as exc:
-            raise short_error(exc) from None
+        except SyntaxError as exc:  # IPython would show a SyntaxError raised here with its own frames
+            code = f": {exc.text.strip()}" if exc.text else ""
+            raise UsageError(f"%%nbflow task: SyntaxError in the cell, line {exc.lineno}: {exc.msg}{code}") from None
         options = TaskOptions(
-            name=parsed.name or plan.name_hint or f"cell-{shell.execution_count}",
+            name=parsed.name or plan.name_hint or f"cell-{number}",
             resources=args.resources("--resources", parsed.resources),
             limits=args.resources("--limits", parsed.limits),
             retries=parsed.retries,
@@ -170,6 +172,12 @@ class NbflowMagics(Magics):
         failed = [f"{cell.name} ({type(cell.error).__name__})" for cell in cells if cell.error is not None]
         if failed:
             print(f"nbflow: {len(failed)} task cell(s) failed: {', '.join(failed)}", file=sys.stderr)
+
+
+def _cell_number(shell: Any) -> int:
+    """The running cell's In[] number (IPython 9 has already advanced ``execution_count`` by now)."""
+    history = getattr(shell, "history_manager", None)
+    return len(history.input_hist_parsed) - 1 if history is not None else shell.execution_count
 
 
 def _interrupted(cells: list[TaskCell]) -> str:

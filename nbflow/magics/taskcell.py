@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import traceback
 from collections.abc import Iterable
 from typing import Any
 
@@ -27,9 +26,14 @@ TICK = 0.25  # seconds between status-line refreshes while task cells are unfini
 
 def short_error(exc: BaseException, text: str | None = None) -> BaseException:
     """Make IPython show ``exc`` as ``text`` (default: its one-line summary) instead of a traceback."""
-    lines = (text or "".join(traceback.format_exception_only(type(exc), exc))).rstrip("\n").split("\n")
+    lines = (text or summary(exc)).rstrip("\n").split("\n")
     exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]  # IPython's hook for remote errors
     return exc
+
+
+def summary(exc: BaseException) -> str:
+    """``ZeroDivisionError: division by zero``: the exception's class (unqualified) and message on one line."""
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
 
 
 class TaskCell:
@@ -107,7 +111,7 @@ class TaskCell:
             elif fut.exception() is not None:
                 outcome, self.error = "error", fut.exception()
                 report = dict(getattr(self.error, "_nbflow_cell", None) or {})
-                report.setdefault("traceback", "".join(traceback.format_exception_only(type(self.error), self.error)))
+                report.setdefault("traceback", summary(self.error))
             else:
                 outcome, result = "finished", fut.result()
                 self._rebind(result["outputs"])

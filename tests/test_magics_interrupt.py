@@ -1,0 +1,58 @@
+"""Kernel > Interrupt during ``%nbflow wait`` / ``--block`` in a real kernel: the wait stops, the task does not."""
+
+from __future__ import annotations
+
+import pytest
+from magics_nb.kernel import Kernel
+
+
+@pytest.fixture
+def kernel(limits_dir):
+    k = Kernel({"NBFLOW_LIMITS_DIR": str(limits_dir)})
+    assert k.run("%load_ext nbflow\nimport threading\ngate = threading.Event()").reply["status"] == "ok"
+    yield k
+    k.run("gate.set()")
+    k.close()
+
+
+def interrupt_while_blocked(kernel: Kernel, code: str):
+    """Run ``code``, which prints 'blocking' and then blocks in nbflow; interrupt it there; return its execution.
+
+    A SIGINT can land between the print and the blocking call; then the cell is simply run again.
+    """
+    for _ in range(5):
+        msg_id = kernel.send(code)
+        kernel.wait_for_stream(msg_id, "blocking")
+        kernel.interrupt()
+        ex = kernel.collect(msg_id)
+        assert ex.reply["ename"] == "KeyboardInterrupt"
+        if "stopped waiting" in "\n".join(ex.reply["traceback"]):
+            return ex
+    raise AssertionError("the interrupt never reached the wait")
+
+
+def test_interrupting_wait_keeps_the_task_which_rebinds_later(kernel):
+    kernel.run('%%nbflow task\ngate.wait(300)\nv = 5\nprint("v computed")')
+    ex = interrupt_while_blocked(kernel, 'print("blocking")\n%nbflow wait')
+    assert ex.reply["traceback"] == [
+        "KeyboardInterrupt: stopped waiting; 1 task cell(s) keep running and rebind their outputs when done: v"
+    ]
+    assert kernel.run("print(type(v).__name__, v.done())").stream("stdout") == "Future False\n"
+    kernel.run("gate.set()")
+    kernel.run("%nbflow wait v")
+    assert kernel.run("print(v)").stream("stdout") == "5\n"
+
+
+def test_interrupting_a_blocking_cell_moves_its_output_to_a_live_display(kernel):
+    # a thread of the task prints uncaptured, so under the running cell: the signal that the cell blocks now
+    cell = "\n".join(
+        ["%%nbflow task --block", 'threading.Thread(target=print, args=("blocking",)).start()', "gate.wait(300)",
+         "w = 7", 'print("w")']
+    )
+    ex = interrupt_while_blocked(kernel, cell)
+    [display_id] = ex.display_ids()  # created when interrupted, under the interrupted cell
+    assert kernel.displays[display_id]["text/plain"].startswith("[nbflow] w: running")
+    kernel.run("gate.set()")
+    kernel.run("%nbflow wait")
+    assert kernel.run("print(w)").stream("stdout") == "7\n"
+    assert kernel.displays[display_id]["text/plain"].split("\n")[1:] == ["w"]
