@@ -104,3 +104,28 @@ def test_large_request_is_not_starved_by_small_ones(tmp_path, limits_dir):
             p.kill()
             p.wait()
     wait_for(lambda: limits()[0].used == 0, what="killed holders to be reaped")
+
+
+def test_sigkill_of_the_waiting_head_passes_the_queue_on(limits_dir):
+    limit("Q", 1)
+    hog = acquire("Q", task="hog")
+    head = start("wait", "Q", 1, stdin=subprocess.PIPE)
+    expect_line(head, "waiting")
+    wait_for(lambda: limits()[0].waiting == 1, what="the head")
+    second = start("wait", "Q", 1, stdin=subprocess.PIPE)
+    try:
+        expect_line(second, "waiting")
+        wait_for(lambda: limits()[0].waiting == 2, what="the second waiter")
+        os.kill(head.pid, signal.SIGKILL)  # it held the gate: the kernel lets the next waiter in
+        head.wait()
+        wait_for(lambda: limits()[0].waiting == 1, what="the dead head's waiting file to be ignored")
+        hog.release()
+        expect_line(second, "granted")
+        assert [h.pid for h in limits()[0].holders] == [second.pid]
+        second.communicate("\n", timeout=30)
+        assert second.returncode == 0
+    finally:
+        for proc in (head, second):
+            proc.kill()
+            proc.wait()
+    assert_nothing_held(str(limits_dir))
