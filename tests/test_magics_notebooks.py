@@ -56,3 +56,29 @@ def test_failure_shows_the_cells_own_traceback_and_dependents_get_upstream_error
     assert "blocking cell prints" in blocking_failure and 'File "Cell In[6]", line 3' in blocking_failure
     assert blocking == "fine\n\n42"
     assert [out.output_type for out in nb.cells[6].outputs] == ["stream", "display_data"]
+
+
+DASK = [
+    "%load_ext nbflow\n%nbflow use dask --n-workers 1 --resources GPU=1",
+    "import os\nkernel_pid = os.getpid()",
+    '%%nbflow task --resources GPU=1\nimport os\nwhere = os.getpid()\ndata = list(range(5))\nprint("worker?", where != kernel_pid)',
+    '%%nbflow task --resources GPU=1\ntotal = sum(data)\nprint("total", total)\ntotal * 10',
+    "%%nbflow task\nbad = data[99]",
+    "%%nbflow task\nworse = bad + 1",
+    "%nbflow wait",
+    "print(total, where != kernel_pid, type(worse.exception()).__name__)",
+    "%nbflow status",
+]
+
+
+def test_task_cells_on_the_dask_engine():
+    nb = run_notebook(DASK)
+    texts = [cell_text(cell) for cell in nb.cells]
+    assert "nbflow: using the dask engine" in texts[0]
+    first, second, bad, worse, _, final, status = texts[2:]
+    assert re.search(r"\[nbflow\] where: done in [0-9.]+ s\nworker\? True", first), first
+    assert re.search(r"\[nbflow\] total: done in [0-9.]+ s\ntotal 10\n100", second), second
+    assert 'File "Cell In[5]", line 2, in <module>\n    bad = data[99]' in bad and "IndexError" in bad
+    assert "UpstreamError: upstream task 'bad.bad' failed" in worse
+    assert final == "10 True UpstreamError\n"
+    assert "GPU 0/1" in status
