@@ -195,7 +195,7 @@ class DaskEngine(Engine):
         wanted = ", ".join(f"{k}={v:g}" for k, v in demand.items())
         offered = "; ".join(
             f"{name} {' '.join(f'{k}={v:g}' for k, v in res.items()) or '(no resources)'}"
-            for name, res in offers.values()
+            for name, res in sorted(offers.values())
         )
         raise Unsatisfiable(
             f"task {name!r} needs {wanted} but no worker can ever give it; workers offer: {offered or 'no workers'}"

@@ -52,13 +52,18 @@ def _embedded(
 ) -> tuple[distributed.Client, distributed.LocalCluster]:
     """A LocalCluster on 127.0.0.1 with the dashboard off; a list of resources gives each worker its own.
 
-    With ``processes=False`` the workers are threads here and Dask talks to them in memory (no socket at all).
+    TCP on 127.0.0.1 even for thread workers (``processes=False``): in-memory comms would leave the workers'
+    HTTP servers listening on every interface. The scheduler's HTTP server (health, metrics) gets a free port.
     """
-    options: dict[str, Any] = {"threads_per_worker": threads_per_worker, "dashboard_address": None}
-    if processes is False:
-        options["processes"] = False
-    else:
-        options["host"] = "127.0.0.1"
+    options: dict[str, Any] = {
+        "threads_per_worker": threads_per_worker,
+        "host": "127.0.0.1",
+        "protocol": "tcp://",
+        "dashboard_address": None,
+        "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0", "dashboard": False},
+    }
+    if processes is not None:
+        options["processes"] = processes
     per_worker = None
     if resources is None or isinstance(resources, (Mapping, str)):
         if resources is not None:

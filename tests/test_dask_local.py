@@ -1,0 +1,122 @@
+"""The Dask engine on its embedded LocalCluster: per-worker resources, nested tasks, bad input (SPEC §2, §3)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import distributed
+import psutil
+import pytest
+
+import nbflow
+from nbflow.engines.dask import DaskEngine
+
+
+def where(*_: object) -> str:
+    return str(distributed.get_worker().name)
+
+
+def test_embedded_cluster_gives_each_worker_its_own_resources():
+    before = _listening()
+    engine = nbflow.use("dask", n_workers=3, threads_per_worker=2, resources=[{"GPU": 2}, {"GPU": 2}, "MEMORY=100e9"])
+    assert isinstance(engine, DaskEngine) and nbflow.engine() is engine
+    assert engine.client.scheduler.address.startswith("tcp://127.0.0.1:")
+    opened = _listening() - before
+    assert opened and {ip for ip, _ in opened} == {"127.0.0.1"}  # scheduler, workers, HTTP: 127.0.0.1 only
+    gpu = nbflow.task(where, resources={"GPU": 1})
+    mem = nbflow.task(where, resources="MEMORY=70GB")
+    assert set(nbflow.gather(gpu.map(range(8)))) <= {"0", "1"}
+    assert set(nbflow.gather(mem.map(range(3)))) == {"2"}
+    offers = {w["name"]: w["resources"] for w in engine.occupancy()["workers"]}
+    assert offers == {"0": {"GPU": {"total": 2.0, "used": 0.0}}, "1": {"GPU": {"total": 2.0, "used": 0.0}},
+                      "2": {"MEMORY": {"total": 1e11, "used": 0.0}}}
+    with pytest.raises(nbflow.Unsatisfiable, match="0 GPU=2; 1 GPU=2; 2 MEMORY=1e"):
+        gpu.with_options(resources={"GPU": 4}).submit()
+    cluster = engine.cluster
+    engine.close()
+    assert cluster.status.name == "closed"  # the engine shuts down the cluster it started
+
+
+def _listening() -> set[tuple[str, int]]:
+    """Listening sockets of this process and its children."""
+    me = psutil.Process()
+    pids = {me.pid} | {child.pid for child in me.children(recursive=True)}
+    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in pids}
+
+
+def outer(n: int) -> list[int]:
+    """A pipeline inside a task: submits tasks and waits on them, from the worker."""
+    assert nbflow.engine().kind == "dask"
+    square = nbflow.task(lambda x: x * x, name="square")
+    return nbflow.gather(square.map(range(n)))
+
+
+def test_nested_tasks_with_one_single_threaded_worker():
+    nbflow.use("dask", n_workers=1, threads_per_worker=1, processes=False)
+    pipeline = nbflow.task(outer, name="pipeline")
+    assert nbflow.gather(pipeline.map([2, 3, 4]), timeout=120) == [[0, 1], [0, 1, 4], [0, 1, 4, 9]]
+    # deeper: a task running pipelines, under a timeout (its function runs in a helper thread)
+    deeper = nbflow.task(lambda: nbflow.gather(pipeline.map([1, 2])), name="subflows", timeout=120)
+    assert deeper.submit().result(timeout=120) == [[0], [0, 1]]
+
+
+def test_a_plain_future_from_elsewhere_is_a_dependency_that_never_blocks_submit():
+    nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
+    plus_one = nbflow.task(lambda x: x + 1, name="plus_one")
+    given = nbflow.Future("given")
+    fut = plus_one.submit(given)
+    assert not fut.done()
+    given.set_result(41)
+    assert fut.result(timeout=60) == 42
+    failed = nbflow.Future("broken")
+    dependent = plus_one.submit([failed])
+    failed.set_exception(OSError("disk full"))
+    with pytest.raises(nbflow.UpstreamError, match="'broken' failed: OSError: disk full"):
+        dependent.result(timeout=60)
+
+
+def test_futures_are_awaitable_and_results_come_on_demand():
+    import asyncio
+
+    engine = nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
+    fut = nbflow.task(lambda: {"big": list(range(1000))}).submit()
+    assert asyncio.run(_await(fut))["big"][-1] == 999
+    counts = engine.occupancy()["tasks"]
+    assert counts["finished"] == 1 and sum(counts.values()) == 1
+
+
+async def _await(fut):
+    return await fut
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"on_unsatisfiable": "later"}, nbflow.ResourceSpecError, "on_unsatisfiable must be 'raise' or 'wait'"),
+        ({"resources": [{"GPU": "abc"}]}, nbflow.ResourceSpecError, "GPU"),
+        ({"resources": [{"GPU": 1}], "n_workers": 2}, TypeError, "n_workers=2 but resources lists 1"),
+        ({"address": "tcp://127.0.0.1:1", "n_workers": 2}, TypeError, "only apply to an embedded cluster"),
+    ],
+)
+def test_bad_options_fail_before_anything_starts(options, error, match):
+    with pytest.raises(error, match=match):
+        DaskEngine(**options)
+
+
+def test_import_nbflow_does_not_import_distributed():
+    code = "import sys, nbflow; print('distributed' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_call_runs_here_holding_limits():
+    engine = nbflow.use("dask", n_workers=1, threads_per_worker=1, processes=False)
+    nbflow.limit("gpu-host", 1)
+    seen = []
+    job = nbflow.task(lambda x: seen.append([s.used for s in nbflow.limits() if s.name == "gpu-host"]) or x,
+                      limits={"gpu-host": 1})
+    assert job(7) == 7 and seen == [[1.0]]  # held while it ran, here
+    assert [s.used for s in nbflow.limits() if s.name == "gpu-host"] == [0.0]
+    assert engine.occupancy()["tasks"]["finished"] == 0  # nothing went to the cluster
