@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import pytest
 from magics_nb.kernel import Kernel
 
@@ -45,6 +47,7 @@ def one_line_error(kernel: Kernel, code: str, ename: str = "UsageError") -> str:
         ("%nbflow use local --workers 0", "--workers: must be a whole number >= 1"),
         ("%nbflow use local --n-workers 2", "unrecognized arguments: --n-workers 2"),
         ("%nbflow use spark", "unknown engine 'spark'; use 'local' or 'dask'"),
+        ("%nbflow use dask tcp://127.0.0.1:8786 --n-workers 2", "describe a new cluster"),
         ("%nbflow limit GPU lots", "amount of 'GPU' must be a number > 0"),
         ("%nbflow limit ../GPU 2", "invalid limit/resource name"),
         ("%nbflow limit GPU", "the following arguments are required: CAPACITY"),
@@ -71,6 +74,14 @@ def test_library_errors_at_submit_are_one_line_with_their_own_class(kernel):
     shown = one_line_error(kernel, "%%nbflow task --resources GPU=3\nx = 1", ename="Unsatisfiable")
     assert "GPU" in shown
     assert kernel.run("print(repr(x))").reply["status"] == "error"  # nothing was bound
+
+
+def test_unreachable_scheduler_is_one_line(kernel):
+    with socket.socket() as sock:  # a free port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    shown = one_line_error(kernel, f"%nbflow use dask tcp://127.0.0.1:{port}", ename="SchedulerUnreachable")
+    assert f"no Dask scheduler answered at tcp://127.0.0.1:{port}" in shown
 
 
 def test_syntax_error_in_a_task_cell_points_at_its_line(kernel):

@@ -61,7 +61,8 @@ def test_failure_shows_the_cells_own_traceback_and_dependents_get_upstream_error
 DASK = [
     "%load_ext nbflow\n%nbflow use dask --n-workers 1 --resources GPU=1",
     "import os\nkernel_pid = os.getpid()",
-    '%%nbflow task --resources GPU=1\nimport os\nwhere = os.getpid()\ndata = list(range(5))\nprint("worker?", where != kernel_pid)',
+    "%%nbflow task --resources GPU=1\nimport os\nwhere = os.getpid()\ndata = list(range(5))\n"
+    'print("worker?", where != kernel_pid)',
     '%%nbflow task --resources GPU=1\ntotal = sum(data)\nprint("total", total)\ntotal * 10',
     "%%nbflow task\nbad = data[99]",
     "%%nbflow task\nworse = bad + 1",

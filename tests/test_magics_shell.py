@@ -90,3 +90,22 @@ def test_task_cells_in_the_process_pool(ip):
     assert ip.user_ns["pid"] != os.getpid()
     assert ip.user_ns["square"](3) == 9  # a function defined in the cell came back by value
     assert cell.report["stdout"] == "child says 10\n" and cell.report["value"]["text/plain"] == "10"
+
+
+def test_limits_status_and_monitor(ip, capsys):
+    ip.run_line_magic("nbflow", "limits")
+    assert "no limits set on this machine" in capsys.readouterr().out
+    ip.run_line_magic("nbflow", "limit GPU 2")
+    cell = task(ip, "gate.wait(60)\nheld = 1", "--resources GPU=1")
+    eventually(lambda: cell.state().startswith("running"))
+    capsys.readouterr()
+    ip.run_line_magic("nbflow", "limits")
+    shown = capsys.readouterr().out
+    assert shown.startswith("GPU: 1/2 used, 0 waiting\n") and f"pid {os.getpid()}@" in shown and "task held" in shown
+    ip.run_line_magic("nbflow", "status")
+    assert "GPU 1/2" in capsys.readouterr().out
+    panel = ip.run_line_magic("nbflow", "monitor --interval 0.2")
+    try:
+        assert type(panel).__name__ == "Monitor"
+    finally:
+        panel.close()
