@@ -8,6 +8,7 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
+import io
 import linecache
 import symtable
 import traceback
@@ -192,11 +193,21 @@ class CellCode:
         self.filename = filename
         self.outputs = outputs
         self.shows_value = shows_value
+        self._live: tuple[io.StringIO, io.StringIO] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_live": None}  # output buffers stay in the process that runs the cell
+
+    def live(self) -> dict[str, str]:
+        """What the cell printed so far, when it runs in this process (thread engine); else nothing."""
+        buffers = self._live
+        return {"stdout": buffers[0].getvalue(), "stderr": buffers[1].getvalue()} if buffers else {}
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()
         with capture() as (out, err):
+            self._live = out, err
             try:
                 exec(body, namespace)
                 value = eval(last, namespace) if last is not None else None

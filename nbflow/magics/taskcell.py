@@ -97,10 +97,10 @@ class TaskCell:
         return f"waiting for {', '.join(dict.fromkeys(upstream))}" if upstream else "queued"
 
     def refresh(self) -> None:
-        """Redraw the status line if the task moved on (called by the ticker)."""
+        """Redraw the status line, and output printed so far, if they changed (called by the ticker)."""
         with self._lock:
             if self.view is not None and not self.outcome:
-                self.view.update(self.state())
+                self.view.update(self.state(), self.code.live())
 
     def _finish(self, fut: Future) -> None:
         """Done callback (any thread): rebind outputs, show the cell's output, wake ``%nbflow wait``."""
