@@ -1,0 +1,151 @@
+"""Holder and waiter files of a limit: flocked while their owner lives, named so a listing gives the use.
+
+A file is ``<amount>_<indices>_<pid>_<unique>`` holding a JSON record; an unlocked one is stale (its owner died)
+and is reaped by whoever sees it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from json.encoder import encode_basestring
+
+from .forksafe import HOST, close_tracked, open_tracked, pid
+
+EPS = 1e-9
+MAX_INDEXED = 1024  # limits up to this capacity hand out device indices (GPU slot k)
+HOST_JSON = json.dumps(HOST)
+CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+
+
+def fits(used: float, amount: float, capacity: float) -> bool:
+    """``used + amount <= capacity`` up to a relative epsilon, so 0.1 + 0.2 style sums are not refused."""
+    return used + amount <= capacity + EPS * max(capacity, 1.0)
+
+
+class _Filelock:
+    """filelock's descriptor functions, imported on first use (importing filelock takes ~50 ms)."""
+
+    def __getattr__(self, name: str):
+        import filelock
+
+        value = getattr(filelock, name)
+        setattr(self, name, value)
+        return value
+
+
+filelock = _Filelock()
+
+
+def lock_nb(fd: int) -> bool:
+    return filelock.lock_descriptor(fd, blocking=False)
+
+
+def record(task: str, amount: float, since: float, slots: tuple[int, ...]) -> bytes:
+    """The JSON a holder/waiter file holds (formatted by hand: this is on the hot path)."""
+    return (
+        f'{{"pid": {pid()}, "host": {HOST_JSON}, "task": {encode_basestring(task)}, "amount": {amount!r}, '
+        f'"since": {since!r}, "slots": [{", ".join(map(str, slots))}]}}'
+    ).encode()
+
+
+def publish(directory: str, name: str, data: bytes) -> tuple[str, int]:
+    """Create ``directory/name`` already flocked with ``record`` in it: written as a dotfile, then renamed,
+    so a visible file is always locked while its creator lives."""
+    tmp = f"{directory}/.tmp-{name}"
+    path = f"{directory}/{name}"
+    fd = open_tracked(tmp, CREATE)
+    try:
+        lock_nb(fd)  # a fresh file nobody else has open: this cannot be contended
+        os.write(fd, data)
+        os.rename(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        finally:
+            close_tracked(fd)
+        raise
+    return path, fd
+
+
+def reap(path: str) -> bool:
+    """Delete ``path`` if nobody holds its flock (its holder died); True when it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return True
+    try:
+        if not lock_nb(fd):
+            return False
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        return True
+    finally:
+        os.close(fd)
+
+
+def read_live(path: str) -> dict | None:
+    """The record of a live holder/waiter file, or None (and the file removed) when its owner is dead."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        if lock_nb(fd):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            return None
+        data = os.read(fd, 65536)
+    finally:
+        os.close(fd)
+    try:
+        fields = json.loads(data)
+    except ValueError:
+        fields = None
+    return fields if isinstance(fields, dict) else {}
+
+
+def visible(directory: str) -> list[str]:
+    """The holdings (or waiters) listed in ``directory``: dotfiles are spares or being written."""
+    return [entry for entry in os.listdir(directory) if entry[0] != "."]
+
+
+def used_of(names: list[str]) -> float:
+    """Sum of the amounts in visible slot file names (names no nbflow process writes are ignored)."""
+    used = 0.0
+    for entry in names:
+        try:
+            used += float(entry.split("_", 1)[0])
+        except ValueError:
+            pass
+    return used
+
+
+def free_indices(names: list[str], count: int, capacity: float) -> tuple[int, ...]:
+    """The ``count`` lowest device indices in ``range(capacity)`` that no holder has; none for limits
+    larger than ``MAX_INDEXED`` (MEMORY bytes are not devices)."""
+    if capacity > MAX_INDEXED:
+        return ()
+    if not names:
+        return tuple(range(count))
+    taken: set[int] = set()
+    for entry in names:
+        parts = entry.split("_", 2)
+        if len(parts) == 3 and parts[1]:
+            taken.update(int(i) for i in parts[1].split(",") if i.isdigit())
+    free = [i for i in range(int(capacity + EPS * max(capacity, 1.0))) if i not in taken]
+    return tuple(free[:count]) if len(free) >= count else ()
+
+
+def holder_pids(names: list[str]) -> set[int]:
+    pids = set()
+    for entry in names:
+        parts = entry.split("_", 3)
+        if len(parts) == 4 and parts[2].isdigit():
+            pids.add(int(parts[2]))
+    pids.discard(pid())
+    return pids

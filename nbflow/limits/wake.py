@@ -1,0 +1,112 @@
+"""How an acquisition waits: a budget (timeout, cancellation) and a wake FIFO plus pidfds of local holders."""
+
+from __future__ import annotations
+
+import os
+import select
+import threading
+import time
+
+from .slotfiles import holder_pids
+
+FALLBACK_POLL = 0.25  # seconds; only matters for holders whose death no pidfd reports (other hosts)
+
+
+class Expired(Exception):
+    """The budget of an acquisition ran out (turned into ``LimitTimeout`` or a failed try)."""
+
+
+class Cancelled(Exception):
+    """An async acquisition was cancelled while it waited in its helper thread."""
+
+
+class Cancel:
+    """A cancellation flag with a pipe, so a head waiting in ``poll`` wakes at once when it is set."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.event = threading.Event()
+        self.fd, self._w = os.pipe()
+
+    def set(self) -> None:
+        with self._lock:
+            self.event.set()
+            if self._w >= 0:
+                os.write(self._w, b"\0")
+
+    def close(self) -> None:
+        with self._lock:
+            os.close(self.fd)
+            os.close(self._w)
+            self.fd = self._w = -1
+
+
+class Budget:
+    """How long an acquisition may wait (``timeout=``), shared by every limit of one ``acquire_all``."""
+
+    __slots__ = ("timeout", "deadline", "cancel")
+
+    def __init__(self, timeout: float | None = None, cancel: Cancel | None = None) -> None:
+        if timeout is not None and (
+            not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0
+        ):
+            raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
+        self.timeout = timeout
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.cancel = cancel
+
+    def remaining(self, cap: float | None = None) -> float | None:
+        """Seconds left (at most ``cap``; None = no bound); raises ``Expired``/``Cancelled`` when done."""
+        if self.cancel is not None and self.cancel.event.is_set():
+            raise Cancelled
+        if self.deadline is None:
+            return cap
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise Expired
+        return left if cap is None else min(left, cap)
+
+
+_fifos: dict[str, int] = {}  # wake FIFO path -> this process's O_RDWR descriptor (no locks: fork-safe)
+
+
+def fifo_fd(path: str) -> int:
+    """This process's reading end of a wake FIFO; O_RDWR so it never reports end-of-file."""
+    fd = _fifos.get(path)
+    if fd is None:
+        opened = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = _fifos.setdefault(path, opened)
+        if fd != opened:  # another thread opened it first
+            os.close(opened)
+    return fd
+
+
+def drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def sleep_until_change(fifo: int, names: list[str], budget: Budget) -> None:
+    """Wait for a wake byte, a local holder's death (pidfd) or the fallback poll, within the budget."""
+    timeout = budget.remaining(FALLBACK_POLL)
+    poller = select.poll()
+    poller.register(fifo, select.POLLIN)
+    if budget.cancel is not None:
+        poller.register(budget.cancel.fd, select.POLLIN)
+    pidfds = []
+    if hasattr(os, "pidfd_open"):
+        for holder in holder_pids(names):
+            try:
+                pidfds.append(os.pidfd_open(holder))
+            except OSError:
+                continue  # already gone (its slot is reaped on the next scan) or not allowed
+            poller.register(pidfds[-1], select.POLLIN)
+    try:
+        poller.poll(timeout * 1000)
+    finally:
+        for fd in pidfds:
+            os.close(fd)
+    budget.remaining()
