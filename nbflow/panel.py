@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.resources
+import logging
 import threading
 import time
 import weakref
@@ -155,7 +156,10 @@ class _Poller:
         for panel in due:
             if panel.source not in snapshots:
                 snapshots[panel.source] = take_snapshot(panel.source, panel.snapshot)
-            panel.refresh(snapshots[panel.source])
+            try:
+                panel.refresh(snapshots[panel.source])
+            except Exception:  # one panel that cannot send must not stop the thread serving the others
+                logging.getLogger(__name__).exception("refreshing the nbflow panel %s failed", panel.model_id)
             panel._due = start + panel.interval
 
 

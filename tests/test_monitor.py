@@ -236,6 +236,20 @@ def test_a_failing_source_shows_the_error_and_keeps_the_last_data(panels):
     assert poller_threads()
 
 
+def test_a_panel_that_cannot_send_does_not_stop_the_others(panels, caplog):
+    broken = Monitor(interval=0.02, source=Source())
+    panels.append(broken)
+
+    def closed_socket(*args, **kwargs):
+        raise OSError("socket closed")
+
+    broken.comm.send = closed_socket
+    working = Monitor(interval=0.02, source=Source())
+    panels.append(working)
+    wait_for_snapshot(working, lambda s: s["tasks"]["finished"] >= 5, "ticks next to a broken panel")
+    assert "refreshing the nbflow panel" in caplog.text and "socket closed" in caplog.text
+
+
 @pytest.mark.parametrize("interval", [0, -1, "fast", True, float("nan")])
 def test_bad_interval_is_a_clear_error(interval):
     with pytest.raises(ValueError, match="monitor interval must be seconds > 0"):

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
+import threading
 import time
 
 WORKER = os.path.join(os.path.dirname(__file__), "worker.py")
@@ -18,9 +18,12 @@ def start(*args: object, **kwargs) -> subprocess.Popen:
 
 def expect_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> str:
     """The rest of the worker's next output line, which must start with ``prefix`` (within ``timeout``)."""
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    assert ready, f"no {prefix!r} line from the worker within {timeout} s"
-    line = proc.stdout.readline().strip()
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.append(proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)  # a thread, not select(): the text buffer may already hold the line
+    assert lines, f"no {prefix!r} line from the worker within {timeout} s"
+    line = lines[0].strip()
     assert line.startswith(prefix), f"expected {prefix!r} from the worker, got {line!r}"
     return line[len(prefix) :].strip()
 
