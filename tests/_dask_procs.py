@@ -7,25 +7,18 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import distributed
+from limits_helpers import wait_for
 
 DASK = str(Path(sys.executable).with_name("dask"))
 START_TIMEOUT = 90.0  # seconds; generous, the machine is shared
 
 
 def wait_until(predicate, timeout: float = START_TIMEOUT, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy (for process start-up and cluster membership)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
+    """``wait_for`` at a gentler pace, for process start-up and cluster membership."""
+    return wait_for(predicate, timeout, what, interval=0.05)
 
 
 class DaskProcs:
@@ -42,8 +35,17 @@ class DaskProcs:
         scheduler_file = self.dir / "scheduler.json"
         self._start(
             "scheduler",
-            [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
-             "--scheduler-file", str(scheduler_file)],
+            [
+                DASK,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--no-dashboard",
+                "--scheduler-file",
+                str(scheduler_file),
+            ],
         )
         self.address = wait_until(lambda: _address_in(scheduler_file), what="the scheduler to start")
         self.client = distributed.Client(self.address, timeout=START_TIMEOUT, set_as_default=False)
@@ -57,8 +59,19 @@ class DaskProcs:
 
     def worker(self, name: str, resources: str | None = None, nthreads: int = 2) -> subprocess.Popen:
         """Start ``dask worker --no-nanny`` (so SIGKILL hits the worker itself) and wait until it joined."""
-        argv = [DASK, "worker", self.address, "--name", name, "--nthreads", str(nthreads), "--no-dashboard",
-                "--host", "127.0.0.1", "--no-nanny"]
+        argv = [
+            DASK,
+            "worker",
+            self.address,
+            "--name",
+            name,
+            "--nthreads",
+            str(nthreads),
+            "--no-dashboard",
+            "--host",
+            "127.0.0.1",
+            "--no-nanny",
+        ]
         if resources:
             argv += ["--resources", resources]
         proc = self._start(name, argv)

@@ -28,7 +28,7 @@ def expect_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> s
     return line[len(prefix) :].strip()
 
 
-def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.005):
     """Poll ``predicate`` until it returns something truthy (generous timeout: the machine is loaded)."""
     deadline = time.monotonic() + timeout
     while True:
@@ -37,7 +37,7 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition"):
             return value
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+        time.sleep(interval)
 
 
 def locked(path: str) -> bool:
