@@ -89,15 +89,23 @@ def main() -> None:
             raw.append(raw_round(client))
             ours.append(nbflow_round(noop_task))
     raw_s, ours_s = statistics.median(raw), statistics.median(ours)
-    report(f"nbflow on Dask vs client.submit, {N_NOOP} no-op tasks", ours_s / raw_s, 1.10,
-           f"median of {ROUNDS}: nbflow {ours_s:.3f} s, client.submit {raw_s:.3f} s")
+    report(
+        f"nbflow on Dask vs client.submit, {N_NOOP} no-op tasks",
+        ours_s / raw_s,
+        1.10,
+        f"median of {ROUNDS}: nbflow {ours_s:.3f} s, client.submit {raw_s:.3f} s",
+    )
 
     seed_makespan(2)  # warm up
     ideal = 0.1 + N_IMAGES * 0.3 / 2 + 0.05
     spans = [seed_makespan(N_IMAGES) for _ in range(3)]
     best = statistics.median(spans)
-    report(f"seed pipeline on Dask, {N_IMAGES} images, GPU=2", best / ideal, 1.05,
-           f"median makespan {best:.3f} s of {len(spans)}, ideal {ideal:.3f} s")
+    report(
+        f"seed pipeline on Dask, {N_IMAGES} images, GPU=2",
+        best / ideal,
+        1.05,
+        f"median makespan {best:.3f} s of {len(spans)}, ideal {ideal:.3f} s",
+    )
     engine.close()
 
 

@@ -15,9 +15,7 @@ def check_name(name: object) -> str:
     """Return ``name`` if it is a valid limit/resource name, else raise ``ResourceSpecError``."""
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or name in (".", ".."):
         shown = repr(name) if not isinstance(name, str) or len(name) <= 40 else repr(name[:40] + "...")
-        raise ResourceSpecError(
-            f"invalid limit/resource name {shown}: use 1-128 characters from A-Z a-z 0-9 _ . : @ -"
-        )
+        raise ResourceSpecError(f"invalid limit/resource name {shown}: use 1-128 characters from A-Z a-z 0-9 _ . : @ -")
     return name
 
 
@@ -49,9 +47,7 @@ def _parse_bytes(name: str, text: str) -> float:
             return float(parse_bytes(text))
         except ValueError:
             pass
-    raise ResourceSpecError(
-        f"amount of {name!r} must be a number > 0 such as 2, 0.5, 100e9 or 70GB, got {text!r}"
-    )
+    raise ResourceSpecError(f"amount of {name!r} must be a number > 0 such as 2, 0.5, 100e9 or 70GB, got {text!r}")
 
 
 def parse_resources(spec: Mapping[str, object] | Iterable[str] | str | None) -> dict[str, float]:

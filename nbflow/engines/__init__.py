@@ -38,9 +38,7 @@ def use(kind: Any = "local", **options: Any) -> Engine:
     else:
         from ..errors import ResourceSpecError
 
-        raise ResourceSpecError(
-            f"unknown engine {kind!r}: use 'local', 'dask', or pass a distributed.Client"
-        )
+        raise ResourceSpecError(f"unknown engine {kind!r}: use 'local', 'dask', or pass a distributed.Client")
     with _lock:
         old, _current = _current, new
     if old is not None:

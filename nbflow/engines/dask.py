@@ -208,8 +208,9 @@ class DaskEngine(Engine):
             self._watching = True
             self.client.subscribe_topic("all", self._on_cluster_event)
         workers = self.client.scheduler_info(n_workers=-1)["workers"]
-        offers = {addr: (str(info.get("name", addr)), dict(info.get("resources", {})))
-                  for addr, info in workers.items()}
+        offers = {
+            addr: (str(info.get("name", addr)), dict(info.get("resources", {}))) for addr, info in workers.items()
+        }
         self._offers = offers
         return offers
 
@@ -248,8 +249,13 @@ class DaskEngine(Engine):
             tasks = dict(self._done)
             for future in pending.values():
                 tasks[future.status] += 1
-        return {"engine": self.kind, "time": time.time(), "workers": workers, "tasks": tasks,
-                "limits": limits_snapshot()}
+        return {
+            "engine": self.kind,
+            "time": time.time(),
+            "workers": workers,
+            "tasks": tasks,
+            "limits": limits_snapshot(),
+        }
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -324,4 +330,3 @@ class _Watcher:
 
 def _fits(demand: Mapping[str, float], offers: Mapping[str, tuple[str, dict[str, float]]]) -> bool:
     return any(all(res.get(k, 0) >= v for k, v in demand.items()) for _, res in offers.values())
-

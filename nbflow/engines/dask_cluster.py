@@ -22,8 +22,12 @@ def connect(
 ) -> tuple[distributed.Client, distributed.LocalCluster | None]:
     """The client to use and the cluster this engine started (``None`` when it started none)."""
     if client is not None or address is not None:
-        cluster_options = {"n_workers": n_workers, "threads_per_worker": threads_per_worker,
-                           "processes": processes, "resources": resources}
+        cluster_options = {
+            "n_workers": n_workers,
+            "threads_per_worker": threads_per_worker,
+            "processes": processes,
+            "resources": resources,
+        }
         given = sorted(k for k, v in cluster_options.items() if v is not None)
         if given:
             raise TypeError(f"{', '.join(given)} only apply to an embedded cluster, not to an existing scheduler")

@@ -60,8 +60,10 @@ class NbflowMagics(Magics):
         if kind == "dask":
             opts["resources"] = args.resources("--resources", opts["resources"]) or None
             if opts["address"] and any(opts[key] for key in ("n_workers", "threads_per_worker", "resources")):
-                raise UsageError("%nbflow use dask: --n-workers, --threads-per-worker and --resources describe a "
-                                 "new cluster; drop them to use the scheduler at ADDRESS")
+                raise UsageError(
+                    "%nbflow use dask: --n-workers, --threads-per-worker and --resources describe a "
+                    "new cluster; drop them to use the scheduler at ADDRESS"
+                )
         eng = engines.use(kind, **{key: value for key, value in opts.items() if value not in (None, False)})
         client = getattr(eng, "client", None)
         print(f"nbflow: using the {eng.kind} engine" + (f": {client!r}" if client is not None else ""))
