@@ -5,7 +5,6 @@ Because it *is* a ``concurrent.futures.Future``, ``wait`` and ``as_completed`` a
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures as cf
 import contextlib
 import itertools
@@ -87,6 +86,8 @@ class Future(cf.Future):
         return cancelled
 
     def __await__(self):
+        import asyncio  # already loaded wherever something awaits; importing it eagerly costs ~50 ms
+
         return asyncio.wrap_future(self).__await__()
 
     def __repr__(self) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import os
 import threading
@@ -91,6 +90,8 @@ async def acquire_async(name: str, amount: float = 1.0, *, timeout: float | None
         finally:
             cancel.close()
 
+    import asyncio  # already loaded when a coroutine runs; importing it eagerly costs ~50 ms
+
     threading.Thread(target=wait, name=f"nbflow-acquire-{name}", daemon=True).start()
     try:
         return await asyncio.wrap_future(done)
@@ -138,10 +139,14 @@ class Concurrency:
         self._pop(threading.get_ident())
 
     async def __aenter__(self) -> Holding:
+        import asyncio
+
         holding = await acquire_async(self.name, self.occupy, timeout=self.timeout, task=self.task)
         return self._push(asyncio.current_task(), holding)
 
     async def __aexit__(self, *exc: object) -> None:
+        import asyncio
+
         self._pop(asyncio.current_task())
 
 
