@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import threading
-import time
 
 import pytest
+from limits_helpers import wait_for
 
 import nbflow
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 @nbflow.task
@@ -110,7 +101,7 @@ def test_status_goes_pending_waiting_running_finished():
         futs.append(infer.submit(upstream))
         assert futs[0].status == "pending"  # its dependency has not finished
         upstream_gate.set()
-        assert wait_until(lambda: futs[0].status == "waiting")  # ready, but blocked on GPU
+        wait_for(lambda: futs[0].status == "waiting")  # ready, but blocked on GPU
         assert nbflow.occupancy()["tasks"]["waiting"] == 1
     assert futs[0].result(30) == 1
     assert seen["inside"] == "running" and futs[0].status == "finished"

@@ -10,23 +10,11 @@ import textwrap
 import time
 
 import pytest
+from limits_helpers import gpu_used, wait_for
 from magics_nb.kernel import cell_text, run_notebook
 
 import nbflow
 from nbflow.engines.procpool import WorkerDied
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def gpu_used() -> float:
-    return sum(lim.used for lim in nbflow.limits() if lim.name == "GPU")
 
 
 def child_pid(fut: nbflow.Future) -> int:
@@ -122,7 +110,7 @@ def test_a_timed_out_child_is_killed_its_share_freed_and_the_next_task_gets_a_ne
     with pytest.raises(nbflow.TaskTimeout, match="timeout of 1 s"):
         fut.result(60)
     killed = child_pid(fut)
-    assert wait_until(lambda: gpu_used() == 0)
+    wait_for(lambda: gpu_used() == 0)
     fresh = pid.submit().result(60)
     assert fresh not in (killed, os.getpid())
     with pytest.raises(ProcessLookupError):

@@ -6,21 +6,9 @@ import threading
 import time
 
 import pytest
+from limits_helpers import gpu_used, wait_for
 
 import nbflow
-
-
-def wait_until(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
-def gpu_used() -> float:
-    return sum(lim.used for lim in nbflow.limits() if lim.name == "GPU")
 
 
 def test_failure_propagates_as_upstream_error_and_the_pool_keeps_working():
@@ -146,7 +134,7 @@ def test_timeout_fails_the_future_and_the_thread_keeps_its_share_until_it_return
     assert quick.submit().result(30) == "quick"
     assert gpu_used() == 1  # never over-committed: the share stays with the still-running thread
     stuck.set()
-    assert wait_until(lambda: gpu_used() == 0)
+    wait_for(lambda: gpu_used() == 0)
     assert fut.exception().__class__ is nbflow.TaskTimeout  # a timeout is final: no retry
 
 
@@ -174,10 +162,10 @@ def test_cancel_before_running_never_runs_and_frees_resources():
         ran.append("dependent")
 
     holder = hold.submit()
-    assert wait_until(lambda: holder.status == "running")
+    wait_for(lambda: holder.status == "running")
     waiting, ready = waits_for_gpu.submit(), queued.submit()
     pending = dependent.submit(holder)
-    assert wait_until(lambda: waiting.status == "waiting")
+    wait_for(lambda: waiting.status == "waiting")
     assert ready.status == "pending"
     for fut in (waiting, ready, pending):
         assert fut.cancel()
@@ -185,7 +173,7 @@ def test_cancel_before_running_never_runs_and_frees_resources():
     assert not holder.cancel()  # running: too late
     gate.set()
     holder.result(30)
-    assert wait_until(lambda: gpu_used() == 0)
+    wait_for(lambda: gpu_used() == 0)
     assert queued.submit().result(30) is None  # the pool still works
     time.sleep(0.6)  # a grant poll period: a cancelled waiter must not be granted late
     assert ran == ["hold", "queued"] and gpu_used() == 0
@@ -212,12 +200,12 @@ def test_close_cancels_what_has_not_started_lets_running_finish_and_stops_thread
         return "never"
 
     first = running.submit()
-    assert wait_until(lambda: first.status == "running")
+    wait_for(lambda: first.status == "running")
     later = [waiting.submit(), queued.submit(), queued.submit(first)]
-    assert wait_until(lambda: later[0].status == "waiting")
+    wait_for(lambda: later[0].status == "waiting")
     closer = threading.Thread(target=engine.close)
     closer.start()
-    assert wait_until(lambda: engine._pool.closing)  # close() has begun: nothing queued may start now
+    wait_for(lambda: engine._pool.closing)  # close() has begun: nothing queued may start now
     gate.set()
     closer.join(30)
     assert not closer.is_alive()
@@ -250,8 +238,8 @@ def test_keyboard_interrupt_during_gather_leaves_no_limit_held():
 
     def interrupt_main_once_it_waits_in_gather():
         main = threading.main_thread().ident
-        if wait_until(lambda: in_gather(sys._current_frames().get(main))):
-            signal.pthread_kill(main, signal.SIGINT)
+        wait_for(lambda: in_gather(sys._current_frames().get(main)), what="the main thread to wait in gather")
+        signal.pthread_kill(main, signal.SIGINT)
 
     futs = infer.map(range(3))
     threading.Thread(target=interrupt_main_once_it_waits_in_gather).start()
@@ -260,5 +248,5 @@ def test_keyboard_interrupt_during_gather_leaves_no_limit_held():
     assert not any(f.done() for f in futs)
     gate.set()
     assert nbflow.gather(futs, timeout=30) == [0, 1, 2]  # the tasks were not lost
-    assert wait_until(lambda: gpu_used() == 0)
+    wait_for(lambda: gpu_used() == 0)
     assert all(lim.holders == [] for lim in nbflow.limits())

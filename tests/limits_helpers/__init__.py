@@ -40,6 +40,13 @@ def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval
         time.sleep(interval)
 
 
+def gpu_used() -> float:
+    """How much of the ``GPU`` limit is held right now, by anyone."""
+    import nbflow
+
+    return sum(lim.used for lim in nbflow.limits() if lim.name == "GPU")
+
+
 def locked(path: str) -> bool:
     """Whether some open file description holds a flock on ``path`` (tested without taking it for long)."""
     import fcntl
