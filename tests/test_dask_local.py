@@ -29,8 +29,11 @@ def test_embedded_cluster_gives_each_worker_its_own_resources():
     assert set(nbflow.gather(gpu.map(range(8)))) <= {"0", "1"}
     assert set(nbflow.gather(mem.map(range(3)))) == {"2"}
     offers = {w["name"]: w["resources"] for w in engine.occupancy()["workers"]}
-    assert offers == {"0": {"GPU": {"total": 2.0, "used": 0.0}}, "1": {"GPU": {"total": 2.0, "used": 0.0}},
-                      "2": {"MEMORY": {"total": 1e11, "used": 0.0}}}
+    assert offers == {
+        "0": {"GPU": {"total": 2.0, "used": 0.0}},
+        "1": {"GPU": {"total": 2.0, "used": 0.0}},
+        "2": {"MEMORY": {"total": 1e11, "used": 0.0}},
+    }
     with pytest.raises(nbflow.Unsatisfiable, match="0 GPU=2; 1 GPU=2; 2 MEMORY=1e"):
         gpu.with_options(resources={"GPU": 4}).submit()
     cluster = engine.cluster
@@ -42,8 +45,11 @@ def _listening() -> set[tuple[str, int]]:
     """Listening sockets of this process and its children."""
     me = psutil.Process()
     pids = {me.pid} | {child.pid for child in me.children(recursive=True)}
-    return {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("inet")
-            if c.status == psutil.CONN_LISTEN and c.pid in pids}
+    return {
+        (c.laddr.ip, c.laddr.port)
+        for c in psutil.net_connections("inet")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
 
 
 def outer(n: int) -> list[int]:
@@ -115,8 +121,9 @@ def test_call_runs_here_holding_limits():
     engine = nbflow.use("dask", n_workers=1, threads_per_worker=1, processes=False)
     nbflow.limit("gpu-host", 1)
     seen = []
-    job = nbflow.task(lambda x: seen.append([s.used for s in nbflow.limits() if s.name == "gpu-host"]) or x,
-                      limits={"gpu-host": 1})
+    job = nbflow.task(
+        lambda x: seen.append([s.used for s in nbflow.limits() if s.name == "gpu-host"]) or x, limits={"gpu-host": 1}
+    )
     assert job(7) == 7 and seen == [[1.0]]  # held while it ran, here
     assert [s.used for s in nbflow.limits() if s.name == "gpu-host"] == [0.0]
     assert engine.occupancy()["tasks"]["finished"] == 0  # nothing went to the cluster

@@ -193,8 +193,9 @@ def test_cancel_drops_a_waiting_task_and_marks_a_running_one(engine, tmp_path):
         # The waiting task is dropped; a running one cannot be interrupted and holds its GPUs until it returns.
         snap = wait_until(lambda: _settled(engine.occupancy(), running=2, waiting=0), what="the waiting task to go")
         assert snap["tasks"]["cancelled"] == 2 and snap["tasks"]["running"] == 1
-        assert not engine.client.run_on_scheduler(lambda dask_scheduler, key: key in dask_scheduler.tasks,
-                                                  key=waiting.key)
+        assert not engine.client.run_on_scheduler(
+            lambda dask_scheduler, key: key in dask_scheduler.tasks, key=waiting.key
+        )
     finally:
         event.set()
     idle = wait_until(lambda: _settled(engine.occupancy(), running=0, waiting=0), what="workers to go idle")

@@ -44,8 +44,22 @@ except Exception as e:
 del gone
 """
     )
-    expected = {"x", "w", "total", "dflt", "g", "Base", "cls_global", "meth_global", "k", "items", "lamg", "cond",
-                "p", "gone"}
+    expected = {
+        "x",
+        "w",
+        "total",
+        "dflt",
+        "g",
+        "Base",
+        "cls_global",
+        "meth_global",
+        "k",
+        "items",
+        "lamg",
+        "cond",
+        "p",
+        "gone",
+    }
     assert expected <= p.reads
     assert not {"y", "z", "a", "b", "q", "v", "self", "np", "os", "TAU", "f", "C", "e", "h"} & p.reads
     assert p.outputs == ("np", "os", "TAU", "y", "z", "total", "f", "C", "out", "lam", "m", "late", "fh", "data", "r")
@@ -67,8 +81,10 @@ def test_last_expression(body, shows):
 
 
 def test_a_cell_runs_in_its_own_namespace_and_reports_outputs_stdout_and_value():
-    body = "\nimport sys\ny = x + 1\nprint('out', y)\nprint('err', file=sys.stderr)\nclass Table:\n" \
-           "    def _repr_html_(self):\n        return '<b>t</b>'\nTable()"
+    body = (
+        "\nimport sys\ny = x + 1\nprint('out', y)\nprint('err', file=sys.stderr)\nclass Table:\n"
+        "    def _repr_html_(self):\n        return '<b>t</b>'\nTable()"
+    )
     p = analyze(body, "Cell In[7]")
     result = CellCode(body, "Cell In[7]", p.outputs, p.shows_value)(x=41)
     assert result["outputs"]["y"] == 42 and set(result["outputs"]) == {"sys", "y", "Table"}
@@ -84,7 +100,7 @@ def test_failure_carries_the_cells_traceback_and_partial_output():
     shown = info.value._nbflow_cell
     assert shown["stdout"] == "so far\n"
     tb = shown["traceback"]
-    assert tb.startswith("Traceback (most recent call last):\n  File \"Cell In[3]\", line 5, in <module>\n")
+    assert tb.startswith('Traceback (most recent call last):\n  File "Cell In[3]", line 5, in <module>\n')
     assert '  File "Cell In[3]", line 4, in inner\n    return 1 / 0' in tb
     assert "cells.py" not in tb
 

@@ -92,6 +92,14 @@ def test_syntax_error_in_a_task_cell_points_at_its_line(kernel):
 def test_help(kernel):
     ex = kernel.run("%nbflow?")
     page = ex.reply["payload"][0]["data"]["text/plain"]
-    for usage in ("%nbflow use local", "%nbflow use dask", "%nbflow limit NAME CAPACITY", "%nbflow wait",
-                  "%nbflow cancel", "%nbflow task [--name NAME]", "--resources", "--block"):
+    for usage in (
+        "%nbflow use local",
+        "%nbflow use dask",
+        "%nbflow limit NAME CAPACITY",
+        "%nbflow wait",
+        "%nbflow cancel",
+        "%nbflow task [--name NAME]",
+        "--resources",
+        "--block",
+    ):
         assert usage in page, usage

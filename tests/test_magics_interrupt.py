@@ -46,8 +46,13 @@ def test_interrupting_wait_keeps_the_task_which_rebinds_later(kernel):
 def test_interrupting_a_blocking_cell_moves_its_output_to_a_live_display(kernel):
     # a thread of the task prints uncaptured, so under the running cell: the signal that the cell blocks now
     cell = "\n".join(
-        ["%%nbflow task --block", 'threading.Thread(target=print, args=("blocking",)).start()', "gate.wait(300)",
-         "w = 7", 'print("w")']
+        [
+            "%%nbflow task --block",
+            'threading.Thread(target=print, args=("blocking",)).start()',
+            "gate.wait(300)",
+            "w = 7",
+            'print("w")',
+        ]
     )
     ex = interrupt_while_blocked(kernel, cell)
     [display_id] = ex.display_ids()  # created when interrupted, under the interrupted cell

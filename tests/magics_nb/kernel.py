@@ -21,12 +21,16 @@ class Execution:
     messages: list[dict[str, Any]]  # iopub messages parented to this execution, in order
 
     def stream(self, name: str) -> str:
-        return "".join(m["content"]["text"] for m in self.messages if m["msg_type"] == "stream" and
-                       m["content"]["name"] == name)
+        return "".join(
+            m["content"]["text"] for m in self.messages if m["msg_type"] == "stream" and m["content"]["name"] == name
+        )
 
     def display_ids(self) -> list[str]:
-        return [m["content"]["transient"]["display_id"] for m in self.messages
-                if m["msg_type"] == "display_data" and (m["content"].get("transient") or {}).get("display_id")]
+        return [
+            m["content"]["transient"]["display_id"]
+            for m in self.messages
+            if m["msg_type"] == "display_data" and (m["content"].get("transient") or {}).get("display_id")
+        ]
 
 
 class Kernel:
@@ -68,8 +72,11 @@ class Kernel:
             msg = self.kc.get_iopub_msg(timeout=max(0.1, deadline - time.monotonic()))
             self._track(msg)
             seen.append(msg)
-            if (msg["parent_header"].get("msg_id") == msg_id and msg["msg_type"] == "stream"
-                    and text in msg["content"]["text"]):
+            if (
+                msg["parent_header"].get("msg_id") == msg_id
+                and msg["msg_type"] == "stream"
+                and text in msg["content"]["text"]
+            ):
                 return seen
 
     def run(self, code: str, timeout: float = TIMEOUT) -> Execution:
