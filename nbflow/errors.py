@@ -28,11 +28,16 @@ class UpstreamError(NbflowError):
 
     def __init__(self, failed: str, cause: BaseException | None = None) -> None:
         self.failed = failed
-        detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
-        super().__init__(f"upstream task {failed!r} failed{detail}")
+        if isinstance(cause, UpstreamError):  # name the task that really failed, not every hop that never ran
+            self.origin: str = cause.origin
+            super().__init__(f"upstream task {failed!r} failed: its upstream {self.origin}")
+        else:
+            detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
+            self.origin = f"{failed!r} failed{detail}"
+            super().__init__(f"upstream task {self.origin}")
 
     def __reduce__(self):  # keep the task name across pickling (process pool, Dask)
-        return (type(self), (self.failed,), {"args": self.args})
+        return (type(self), (self.failed,), {"args": self.args, "origin": self.origin})
 
 
 class TaskTimeout(NbflowError, TimeoutError):

@@ -41,6 +41,7 @@ def test_failure_propagates_as_upstream_error_and_the_pool_keeps_working():
     assert "upstream task 'download' failed: ConnectionError: host unreachable" in str(err)
     assert isinstance(summary.exception(30), nbflow.UpstreamError)
     assert summary.exception().failed == "infer"
+    assert str(summary.exception()).endswith("its upstream 'download' failed: ConnectionError: host unreachable")
     assert preds[1].status == "error" and summary.status == "error"
     assert nbflow.gather([preds[0], preds[2]], timeout=30) == [0, 20]
     assert sorted(ran) == [0, 2]  # neither dependent of the failure ever ran
