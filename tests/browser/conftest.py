@@ -1,4 +1,4 @@
-"""Browser-test fixtures: one JupyterLab server and one Chromium for the session, a fresh page per test."""
+"""Browser-test fixtures: one JupyterLab server for the session, Chromium per module, a fresh page per test."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """Chromium per test module: Playwright's sync API keeps an asyncio loop marked running in the main thread
+    until it stops, which would break every later test that calls ``asyncio.run``."""
     if not os.access(CHROMIUM, os.X_OK):
         pytest.fail(f"{CHROMIUM} is missing: run `make test` (it installs Debian's chromium), or `make chromium`")
     from playwright.sync_api import sync_playwright
