@@ -80,10 +80,16 @@ class Future(cf.Future):
         return super().exception(timeout)
 
     def cancel(self) -> bool:
-        cancelled = super().cancel()
-        if cancelled and self.on_cancel is not None:
+        with self._condition:
+            if not super().cancel():
+                return False
+            if self._state == cf._base.CANCELLED_AND_NOTIFIED:  # cancelled before: nothing more to do
+                return True
+            # No executor will notify it: wake wait() and as_completed() now, not when a worker would pick it.
+            self.set_running_or_notify_cancel()
+        if self.on_cancel is not None:
             self.on_cancel()
-        return cancelled
+        return True
 
     def __await__(self):
         import asyncio  # already loaded wherever something awaits; importing it eagerly costs ~50 ms

@@ -106,3 +106,18 @@ def test_status_goes_pending_waiting_running_finished():
     assert futs[0].result(30) == 1
     assert seen["inside"] == "running" and futs[0].status == "finished"
     assert repr(futs[0]).startswith("<nbflow.Future infer-") and "finished on nbflow-local" in repr(futs[0])
+
+
+def test_cancelled_futures_count_as_done_for_wait_and_as_completed_at_once():
+    nbflow.use("local", workers=2)
+    nbflow.limit("GPU", 1)
+    infer = nbflow.task(resources={"GPU": 1})(lambda x: x)
+    with nbflow.concurrency("GPU", 1):  # the task waits in the grant stage: no pool thread will notify it
+        fut = infer.submit(1)
+        wait_for(lambda: fut.status == "waiting")
+        assert fut.cancel() and fut.cancel()  # a second cancel is a no-op that still says True
+        done, not_done = nbflow.wait([fut], timeout=5)
+        assert done == {fut} and not not_done
+        assert list(nbflow.as_completed([fut], timeout=5)) == [fut]
+    assert fut.status == "cancelled" and nbflow.occupancy()["tasks"]["cancelled"] == 1
+    assert infer.submit(2).result(30) == 2  # the grant stage dropped it and keeps working

@@ -82,10 +82,8 @@ def _demands(task: Task) -> dict[str, float] | None:
 
 def _claim(fut: Future) -> bool:
     """Move a pending future to running; False if it was cancelled (or already claimed)."""
-    try:
-        return fut.set_running_or_notify_cancel()
-    except RuntimeError:
-        return False
+    with fut._condition:
+        return not (fut.done() or fut.running()) and fut.set_running_or_notify_cancel()
 
 
 def _settle(fut: Future, value: Any = None, exc: BaseException | None = None) -> bool:
