@@ -198,6 +198,7 @@ def test_cancel_drops_a_waiting_task_and_marks_a_running_one(engine, tmp_path):
         )
     finally:
         event.set()
+    nbflow.wait(futs, timeout=60)  # the workers may go idle before the client hears that the task finished
     idle = wait_until(lambda: _settled(engine.occupancy(), running=0, waiting=0), what="workers to go idle")
     assert all(r["used"] == 0 for w in idle["workers"] for r in w["resources"].values())
     assert len(started(markers)) == 2  # the cancelled waiting task never ran
