@@ -80,16 +80,19 @@ class Future(cf.Future):
         return super().exception(timeout)
 
     def cancel(self) -> bool:
+        first = self.mark_cancelled()
+        if first and self.on_cancel is not None:
+            self.on_cancel()
+        return first or self.cancelled()
+
+    def mark_cancelled(self) -> bool:
+        """Cancel without telling the engine (for the engine itself); True if this call cancelled it."""
         with self._condition:
-            if not super().cancel():
+            if not super().cancel() or self._state == cf._base.CANCELLED_AND_NOTIFIED:
                 return False
-            if self._state == cf._base.CANCELLED_AND_NOTIFIED:  # cancelled before: nothing more to do
-                return True
             # No executor will notify it: wake wait() and as_completed() now, not when a worker would pick it.
             self.set_running_or_notify_cancel()
-        if self.on_cancel is not None:
-            self.on_cancel()
-        return True
+            return True
 
     def __await__(self):
         import asyncio  # already loaded wherever something awaits; importing it eagerly costs ~50 ms

@@ -127,3 +127,16 @@ def test_call_runs_here_holding_limits():
     assert job(7) == 7 and seen == [[1.0]]  # held while it ran, here
     assert [s.used for s in nbflow.limits() if s.name == "gpu-host"] == [0.0]
     assert engine.occupancy()["tasks"]["finished"] == 0  # nothing went to the cluster
+
+
+def test_a_task_cancelled_on_the_cluster_or_by_close_is_done_for_wait():
+    engine = nbflow.use("dask", n_workers=1, threads_per_worker=1, processes=False)
+    event = distributed.Event("go", client=engine.client)
+    blocker = nbflow.task(lambda name: distributed.Event(name).wait(120), name="blocker")
+    running, queued = blocker.submit(event.name), blocker.submit(event.name)
+    engine.client.cancel([queued.dask])  # cancelled behind nbflow's back, with the client
+    done, _ = nbflow.wait([queued], timeout=60)
+    assert done == {queued} and queued.status == "cancelled"
+    engine.close()  # cancels what is still pending
+    done, _ = nbflow.wait([running], timeout=60)
+    assert done == {running} and running.status == "cancelled"

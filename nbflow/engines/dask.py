@@ -161,7 +161,7 @@ class DaskEngine(Engine):
             elif status == "error":
                 future.set_exception(dask_future.exception().with_traceback(dask_future.traceback()))
             else:  # cancelled on the cluster (or by our own on_cancel): do not cancel Dask again
-                cf.Future.cancel(future)
+                future.mark_cancelled()
         except cf.InvalidStateError:  # the nbflow future was cancelled first
             pass
         with self._lock:
@@ -271,7 +271,7 @@ class DaskEngine(Engine):
         if closed:
             return
         for future in pending:
-            cf.Future.cancel(future)  # the nbflow side; Dask is told below, in one message
+            future.mark_cancelled()  # the nbflow side; Dask is told below, in one message
         self._watcher.close()
         if pending and not self._owns_client:
             self.client.cancel([future.dask for future in pending])
