@@ -10,6 +10,7 @@ import threading
 import time
 
 import pytest
+from limits_helpers import wait_for
 
 import nbflow
 from nbflow.futures import STATUSES
@@ -82,10 +83,7 @@ def test_unlimited_tasks_keep_flowing_while_gpu_tasks_wait():
         return i * 2
 
     gpu = hold.map(range(4))
-    deadline = time.monotonic() + 30
-    while gpu[0].status != "running" and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert gpu[0].status == "running"
+    wait_for(lambda: gpu[0].status == "running", what="the first GPU task to run")
     quick = free.map(range(50))  # only 1 of 2 workers is busy: the 3 waiting GPU tasks hold none
     assert nbflow.gather(quick, timeout=30) == [i * 2 for i in range(50)]
     assert [f.status for f in gpu[1:]] == ["waiting"] * 3
@@ -111,9 +109,7 @@ def test_occupancy_snapshot_counts_and_resources():
 
     futs = infer.map(range(3))
     nbflow.wait([boom.submit()])
-    deadline = time.monotonic() + 30
-    while nbflow.occupancy()["tasks"]["running"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_for(lambda: nbflow.occupancy()["tasks"]["running"] >= 2, what="2 tasks to run")
     snap = nbflow.occupancy()
     json.dumps(snap)  # plain and JSON-able
     assert snap["engine"] == "local"
