@@ -121,3 +121,11 @@ def test_cancelled_futures_count_as_done_for_wait_and_as_completed_at_once():
         assert list(nbflow.as_completed([fut], timeout=5)) == [fut]
     assert fut.status == "cancelled" and nbflow.occupancy()["tasks"]["cancelled"] == 1
     assert infer.submit(2).result(30) == 2  # the grant stage dropped it and keeps working
+
+
+def test_a_task_travels_by_value_with_all_its_options():
+    import cloudpickle
+
+    task = nbflow.task(lambda x: x + 1, name="n", resources={"GPU": 1}, limits="disk=2", retries=2, timeout=3)
+    copy = cloudpickle.loads(cloudpickle.dumps(task.with_options(retry_delay=0.5)))
+    assert copy.options == task.with_options(retry_delay=0.5).options and copy.fn(1) == 2
