@@ -229,6 +229,19 @@ def test_retries_run_the_task_again(engine, tmp_path):
     assert attempts.read_text() == "xxx"
 
 
+def test_a_timed_out_attempt_is_retried(engine, tmp_path):
+    attempts = tmp_path / "attempts"
+
+    def slow_once():
+        attempts.open("a").write("x")
+        if len(attempts.read_text()) == 1:
+            time.sleep(20)  # the first attempt overruns its timeout
+        return "ok"
+
+    assert nbflow.task(slow_once, timeout=1, retries=1).submit().result(timeout=60) == "ok"
+    assert attempts.read_text() == "xx"
+
+
 def test_an_existing_client_is_used_and_its_cluster_left_running(cluster):
     client = distributed.Client(cluster.address, set_as_default=False)
     eng = nbflow.use(client)

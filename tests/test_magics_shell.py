@@ -70,6 +70,17 @@ def test_status_line_follows_the_task(ip):
     assert ip.user_ns["g2"] == 2
 
 
+def test_wait_and_cancel_find_cells_by_name_or_by_output_variable(ip):
+    ip.run_line_magic("nbflow", "use local --workers 1")
+    stage = task(ip, "gate.wait(60)\nx = 1\ny = 2", "--name stage")
+    queued = task(ip, "z = 3", "--name later")
+    ip.run_line_magic("nbflow", "cancel z")  # by output variable
+    assert queued.outcome == "cancelled"
+    ip.user_ns["gate"].set()
+    ip.run_line_magic("nbflow", "wait y")  # by output variable of the cell named "stage"
+    assert stage.outcome == "finished" and (ip.user_ns["x"], ip.user_ns["y"]) == (1, 2)
+
+
 def test_cancel_a_queued_cell(ip, capsys):
     ip.run_line_magic("nbflow", "use local --workers 1")
     task(ip, "gate.wait(60)\nbusy = 1")
