@@ -22,14 +22,10 @@ import tempfile
 import time
 
 import nbflow
+from nbflow.demo import DOWNLOAD, GPUS, INFER, SAVE, ideal
 
-DOWNLOAD, INFER, SAVE, GPUS = 0.1, 0.3, 0.05, 2
 WORKERS = 8  # the local engine's default
 NOOPS = 20_000
-
-
-def ideal(images: int) -> float:
-    return DOWNLOAD + images * INFER / GPUS + SAVE
 
 
 @nbflow.task
