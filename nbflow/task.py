@@ -35,7 +35,7 @@ class TaskOptions:
         if self.timeout is not None and (not isinstance(self.timeout, (int, float)) or self.timeout <= 0):
             raise ResourceSpecError(f"timeout must be seconds > 0 or None, got {self.timeout!r}")
 
-    def __reduce__(self):  # constructor arguments: pickled with every Dask task, a third cheaper than the state
+    def __reduce__(self):  # sent with every Dask task: constructor arguments pickle smaller and faster than state
         return (
             TaskOptions,
             (self.name, dict(self.resources), dict(self.limits), self.retries, self.retry_delay, self.timeout),
