@@ -8,6 +8,7 @@ import sys
 import distributed
 import psutil
 import pytest
+from limits_helpers import wait_for
 
 import nbflow
 from nbflow.engines.dask import DaskEngine
@@ -140,3 +141,31 @@ def test_a_task_cancelled_on_the_cluster_or_by_close_is_done_for_wait():
     engine.close()  # cancels what is still pending
     done, _ = nbflow.wait([running], timeout=60)
     assert done == {running} and running.status == "cancelled"
+
+
+def test_gather_fetches_finished_values_in_one_trip_and_dropped_futures_free_the_cluster(monkeypatch):
+    engine = nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
+    double = nbflow.task(lambda x: 2 * x, name="double")
+    futures = double.map(range(20))
+    nbflow.wait(futures, timeout=60)
+    trips = []
+    real_gather = engine.client.gather
+    monkeypatch.setattr(engine.client, "gather", lambda fs: trips.append(len(fs)) or real_gather(fs))
+    assert nbflow.gather(futures) == [2 * i for i in range(20)]
+    assert trips == [20]
+    del futures
+    keys = engine.client.run_on_scheduler(_scheduler_keys)
+    wait_for(lambda: not engine.client.run_on_scheduler(_scheduler_keys), what=f"the cluster to drop {keys}")
+
+
+def _scheduler_keys(dask_scheduler) -> list:
+    return list(dask_scheduler.tasks)
+
+
+def test_tasks_of_one_notebook_function_share_its_globals_on_a_worker():
+    nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
+    notebook = {"__name__": "__main__"}  # defined as in a notebook cell: Dask pickles it by value
+    exec("loaded = []\ndef infer(x):\n    loaded.append(x)\n    return len(loaded)\n", notebook)
+    infer = nbflow.task(notebook["infer"])
+    assert sorted(nbflow.gather(infer.map(range(10)), timeout=60)) == list(range(1, 11))
+    assert notebook["loaded"] == []  # the worker's copy, not the notebook's, like any Dask task

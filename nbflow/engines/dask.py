@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import cloudpickle
 import distributed
 from distributed.client import done_callback
 
@@ -42,11 +43,22 @@ class DaskFuture(Future):
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
         if value is _REMOTE:
-            with self._condition:
-                if self._result is _REMOTE:
-                    self._result = self.dask.result()
-                value = self._result
+            self.prefetch([])
+            value = self._result
         return value
+
+    def prefetch(self, siblings: list[Future]) -> None:
+        """Fetch this value and those of the finished ``siblings`` on the same cluster in one ``client.gather``."""
+        if self._result is not _REMOTE:
+            return
+        batch = [self] + [
+            f for f in siblings if isinstance(f, DaskFuture) and f.engine is self.engine and f._result is _REMOTE
+        ]
+        values = self.engine.client.gather([f.dask for f in batch])
+        for f, value in zip(batch, values, strict=True):
+            with f._condition:
+                if f._result is _REMOTE:
+                    f._result = value
 
 
 class DaskEngine(Engine):
@@ -124,7 +136,7 @@ class DaskEngine(Engine):
             opts = task.options
             dask_future = self.client.submit(
                 run_task,
-                task,
+                cloudpickle.dumps(task),  # opaque to Dask: the scheduler passes the bytes on without unpickling
                 args,
                 kwargs,
                 self.on_unsatisfiable,
@@ -321,8 +333,12 @@ class _Watcher:
         self._done.put(payload)
 
     def _complete(self) -> None:
-        while (payload := self._done.get()) is not None:
+        while True:
+            payload = self._done.get()
+            if payload is None:
+                return
             self._finish(*payload)
+            del payload  # holding it while idle would keep the last task's value on the cluster
 
     def close(self) -> None:
         self._done.put(None)

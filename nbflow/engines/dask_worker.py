@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
+import pickle
 import queue
 import threading
 import time
@@ -24,12 +26,14 @@ from . import Engine, bind
 _state = threading.local()  # per task thread: depth of nested waits, so we secede and rejoin once
 
 
-def run_task(task: Task, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
+def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
     """The function Dask runs for every nbflow task: bind the worker's engine, hold limits, enforce timeout.
 
-    Dependencies arrive already resolved by Dask. ``retry_delay`` is slept here after a failed attempt
-    that Dask will retry (Dask has no delay of its own).
+    ``packed`` is the task cloudpickled by the client (see ``DaskEngine._send``). Dependencies arrive already
+    resolved by Dask. ``retry_delay`` is slept here after a failed attempt that Dask will retry (Dask has no
+    delay of its own).
     """
+    task = _unpack(packed)
     opts = task.options
     engine = _worker_engine(on_unsatisfiable)
     previous = bind(engine)
@@ -50,6 +54,19 @@ def run_task(task: Task, args: tuple, kwargs: dict, on_unsatisfiable: str) -> An
     finally:
         set_block_hook(None)
         bind(previous)
+
+
+_CACHED_BELOW = 64 * 1024  # a task closing over big data is not kept alive by the cache
+
+
+def _unpack(packed: bytes) -> Task:
+    """The task in ``packed``, unpickled once per distinct bytes: its tasks share the function and its globals."""
+    return _unpack_cached(packed) if len(packed) < _CACHED_BELOW else pickle.loads(packed)
+
+
+@functools.lru_cache(maxsize=256)
+def _unpack_cached(packed: bytes) -> Task:
+    return pickle.loads(packed)
 
 
 def _secede_once() -> None:
