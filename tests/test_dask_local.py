@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import queue
 import subprocess
 import sys
+import threading
 
 import distributed
 import psutil
@@ -169,3 +171,16 @@ def test_tasks_of_one_notebook_function_share_its_globals_on_a_worker():
     infer = nbflow.task(notebook["infer"])
     assert sorted(nbflow.gather(infer.map(range(10)), timeout=60)) == list(range(1, 11))
     assert notebook["loaded"] == []  # the worker's copy, not the notebook's, like any Dask task
+
+
+def test_done_callbacks_run_outside_dasks_loop_so_they_may_block():
+    engine = nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
+    gate = distributed.Event("gate", client=engine.client)
+    fut = nbflow.task(lambda: distributed.Event("gate").wait(60) and 5, name="gated").submit()
+    seen = queue.Queue()
+    fut.add_done_callback(lambda f: seen.put((threading.current_thread().name, f.result())))  # fetches: blocks
+    gate.set()
+    thread, value = seen.get(timeout=60)
+    assert value == 5 and thread != "IO loop"
+    fut.add_done_callback(lambda f: seen.put((threading.current_thread().name, f.result())))  # already done
+    assert seen.get(timeout=60) == (threading.current_thread().name, 5)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import functools
 import queue
 import threading
@@ -94,7 +95,7 @@ class DaskEngine(Engine):
         self._done = empty_task_counts()
         self._offers: dict[str, tuple[str, dict[str, float]]] | None = None  # address -> (name, totals)
         self._watching = False
-        self._watcher = _Watcher(self.client, self._finish)
+        self._watcher = _Watcher(self.client, self._finish_in_loop, self._finish)
 
     # -- submit ---------------------------------------------------------------------------------------
 
@@ -161,7 +162,7 @@ class DaskEngine(Engine):
         return dep.dask if self._owns(dep) else upstream_value(dep)
 
     def _finish(self, future: DaskFuture, deps: list[DaskFuture], dask_future: distributed.Future) -> None:
-        """Complete the nbflow future from Dask's done callback (Dask's callback thread)."""
+        """Complete the nbflow future from its Dask future, in the engine's completion thread."""
         status = dask_future.status
         failed = next((dep for dep in deps if dep.dask.status in ("error", "cancelled")), None)
         try:
@@ -176,6 +177,21 @@ class DaskEngine(Engine):
                 future.mark_cancelled()
         except cf.InvalidStateError:  # the nbflow future was cancelled first
             pass
+        self._count_done(future)
+
+    def _finish_in_loop(self, future: DaskFuture, deps: list[DaskFuture], dask_future: distributed.Future) -> bool:
+        """The common case, right in Dask's loop: a success with no callback to run (those never run in the loop)."""
+        if dask_future.status != "finished":
+            return False
+        with future._condition:  # reentrant: a callback added from now on sees the future done and runs in its caller
+            if future._done_callbacks:
+                return False
+            with contextlib.suppress(cf.InvalidStateError):  # the nbflow future was cancelled first
+                future.set_result(_REMOTE)
+        self._count_done(future)
+        return True
+
+    def _count_done(self, future: DaskFuture) -> None:
         with self._lock:
             self._pending.pop(future.key, None)
             self._done[future.status] += 1
@@ -301,12 +317,16 @@ class DaskEngine(Engine):
 class _Watcher:
     """Completes nbflow futures from their Dask futures at a fraction of ``add_done_callback``'s cost.
 
-    New futures are handed to the client's event loop in batches (one loop wake-up per batch, not per task)
-    and completions are processed by one thread of this engine, so user callbacks never run in the loop.
+    New futures are handed to the client's event loop in batches (one loop wake-up per batch, not per task).
+    Successes without callbacks complete in the loop; the rest in one thread of this engine, started when
+    first needed, so user callbacks and calls back into the client never run in the loop.
     """
 
-    def __init__(self, client: distributed.Client, finish: Callable[..., None]) -> None:
+    def __init__(
+        self, client: distributed.Client, finish_in_loop: Callable[..., bool], finish: Callable[..., None]
+    ) -> None:
         self._loop = client.loop
+        self._finish_in_loop = finish_in_loop
         self._finish = finish
         self._lock = threading.Lock()
         self._new: list[tuple[distributed.Future, tuple]] = []
@@ -317,9 +337,6 @@ class _Watcher:
         with self._lock:
             self._new.append((dask_future, payload))
             first = len(self._new) == 1
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._complete, name="nbflow-dask-completions", daemon=True)
-                self._thread.start()
         if first:
             self._loop.add_callback(self._register)
 
@@ -329,7 +346,13 @@ class _Watcher:
         for dask_future, payload in batch:
             asyncio.ensure_future(done_callback(dask_future, functools.partial(self._on_done, payload)))
 
-    def _on_done(self, payload: tuple, _: distributed.Future) -> None:
+    def _on_done(self, payload: tuple, _: distributed.Future) -> None:  # in the client's event loop
+        if self._finish_in_loop(*payload):
+            return
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._complete, name="nbflow-dask-completions", daemon=True)
+                self._thread.start()
         self._done.put(payload)
 
     def _complete(self) -> None:
