@@ -94,7 +94,7 @@ class Future(cf.Future):
             self.set_running_or_notify_cancel()
             return True
 
-    def prefetch(self, siblings: list[Future]) -> None:
+    def _prefetch(self, siblings: list[Future]) -> None:
         """Fetch the values of ``siblings`` along with this one (engines that keep values remote; else no-op)."""
 
     def __await__(self):
@@ -128,7 +128,7 @@ def gather(fs: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
     values = []
     for i, f in enumerate(fs):
         if isinstance(f, Future) and f.exception(timeout) is None:
-            f.prefetch(fs[i + 1 :])
+            f._prefetch(fs[i + 1 :])
         values.append(f.result(timeout))
     return values
 

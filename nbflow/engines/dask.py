@@ -44,11 +44,11 @@ class DaskFuture(Future):
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
         if value is _REMOTE:
-            self.prefetch([])
+            self._prefetch([])
             value = self._result
         return value
 
-    def prefetch(self, siblings: list[Future]) -> None:
+    def _prefetch(self, siblings: list[Future]) -> None:
         """Fetch this value and those of the finished ``siblings`` on the same cluster in one ``client.gather``."""
         if self._result is not _REMOTE:
             return
