@@ -126,9 +126,9 @@ def gather(fs: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
     """
     fs = list(fs)
     values = []
-    for i, f in enumerate(fs):
+    for f in fs:
         if isinstance(f, Future) and f.exception(timeout) is None:
-            f._prefetch(fs[i + 1 :])
+            f._prefetch(fs)
         values.append(f.result(timeout))
     return values
 

@@ -53,7 +53,9 @@ class DaskFuture(Future):
         if self._result is not _REMOTE:
             return
         batch = [self] + [
-            f for f in siblings if isinstance(f, DaskFuture) and f.engine is self.engine and f._result is _REMOTE
+            f
+            for f in siblings
+            if isinstance(f, DaskFuture) and f.engine is self.engine and f._result is _REMOTE and f is not self
         ]
         values = self.engine.client.gather([f.dask for f in batch])
         for f, value in zip(batch, values, strict=True):
