@@ -164,13 +164,17 @@ def _scheduler_keys(dask_scheduler) -> list:
     return list(dask_scheduler.tasks)
 
 
-def test_tasks_of_one_notebook_function_share_its_globals_on_a_worker():
+def test_tasks_of_one_small_notebook_function_share_its_globals_on_a_worker():
     nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
     notebook = {"__name__": "__main__"}  # defined as in a notebook cell: Dask pickles it by value
     exec("loaded = []\ndef infer(x):\n    loaded.append(x)\n    return len(loaded)\n", notebook)
     infer = nbflow.task(notebook["infer"])
     assert sorted(nbflow.gather(infer.map(range(10)), timeout=60)) == list(range(1, 11))
     assert notebook["loaded"] == []  # the worker's copy, not the notebook's, like any Dask task
+    notebook["weights"] = bytes(100_000)  # a function closing over data is unpickled afresh for each task
+    exec("def infer_big(x):\n    loaded.append(len(weights))\n    return len(loaded)\n", notebook)
+    infer_big = nbflow.task(notebook["infer_big"])
+    assert nbflow.gather(infer_big.map(range(3)), timeout=60) == [1, 1, 1]
 
 
 def test_done_callbacks_run_outside_dasks_loop_so_they_may_block():
