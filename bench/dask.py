@@ -31,9 +31,15 @@ def noop(x):
 
 
 def settle(client: distributed.Client) -> None:
-    """Start each round on an idle cluster, so no round pays for releasing the previous round's keys."""
+    """Start each round on an idle cluster, so no round pays for releasing the previous round's keys.
+
+    Keys still held after 30 s mean a leaked future: say so instead of waiting forever.
+    """
     gc.collect()
-    while client.run_on_scheduler(_scheduler_tasks):
+    deadline = time.monotonic() + 30
+    while held := client.run_on_scheduler(_scheduler_tasks):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the scheduler still holds {held} keys 30 s after a round: a future leaked")
         time.sleep(0.01)
 
 
