@@ -14,15 +14,17 @@ from .errors import (
     NbflowError,
     NoSuchLimit,
     ResourceSpecError,
+    SchedulerUnreachable,
     TaskTimeout,
     Unsatisfiable,
     UpstreamError,
+    WorkerDied,
 )
 from .futures import Future, as_completed, gather, wait
 from .limits import LimitStatus, concurrency, limit, limits
-from .monitor import render_text as _render_text  # noqa: F401  (imported now, like occupancy: see nbflow.monitor)
-from .occupancy import Occupancy  # imported now: imported later, the submodule would shadow occupancy() below
-from .task import Task, task
+from .options import TaskOptions
+from .snapshot import Occupancy
+from .tasks import Task, task
 
 __version__ = "0.1.0"
 
@@ -33,11 +35,15 @@ __all__ = [
     "LimitsDirError",
     "NbflowError",
     "NoSuchLimit",
+    "Occupancy",
     "ResourceSpecError",
+    "SchedulerUnreachable",
     "Task",
+    "TaskOptions",
     "TaskTimeout",
     "Unsatisfiable",
     "UpstreamError",
+    "WorkerDied",
     "as_completed",
     "concurrency",
     "engine",
@@ -60,7 +66,7 @@ def occupancy() -> Occupancy:
 
 def monitor(interval: float = 0.5) -> Any:
     """A live widget of ``occupancy()``, refreshed every ``interval`` seconds until closed."""
-    from .monitor import Monitor
+    from .panel import Monitor
 
     return Monitor(interval=interval)
 

@@ -1,4 +1,4 @@
-"""Every failure nbflow raises is an ``NbflowError`` subclass named in SPEC §7."""
+"""Every failure nbflow raises is an ``NbflowError`` subclass; all are importable from ``nbflow``."""
 
 from __future__ import annotations
 
@@ -50,3 +50,7 @@ class LimitsDirError(NbflowError, OSError):
 
 class SchedulerUnreachable(NbflowError, ConnectionError):
     """No Dask scheduler answered at the given address within the connect timeout."""
+
+
+class WorkerDied(NbflowError):
+    """The child process running a task died (killed, crashed, out of memory)."""

@@ -56,7 +56,8 @@ class Future(cf.Future):
         self.key = key or new_key(name)
         self.worker: str | None = None  # where the task ran (or runs), once known
         self.phase = "pending"  # pending | waiting | running, set by the engine while not done
-        self.on_cancel: Callable[[], object] | None = None  # engine hook, e.g. cancel the Dask future
+        self.on_cancel: Callable[[], object] | None = None  # the engine's hook, run once when cancel() succeeds
+        self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
 
     @property
     def status(self) -> str:
@@ -79,6 +80,22 @@ class Future(cf.Future):
                 return super().exception(timeout)
         return super().exception(timeout)
 
+    def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:
+        # ``_condition`` is the base class's lock: no public API makes "no callback yet, so set the
+        # result here" atomic with a concurrent add_done_callback (see ``set_result_unwatched``).
+        with self._condition:
+            self._watched = True
+            super().add_done_callback(fn)
+
+    def set_result_unwatched(self, value: Any) -> bool:
+        """Set the result only if no done-callback waits for it, so none runs in the caller's thread (an
+        event loop); True if set. A callback added later sees the future done and runs in its own thread."""
+        with self._condition:
+            if self._watched:
+                return False
+            self.set_result(value)
+            return True
+
     def cancel(self) -> bool:
         first = self.mark_cancelled()
         if first and self.on_cancel is not None:
@@ -87,12 +104,21 @@ class Future(cf.Future):
 
     def mark_cancelled(self) -> bool:
         """Cancel without telling the engine (for the engine itself); True if this call cancelled it."""
-        with self._condition:
-            if not super().cancel() or self._state == cf._base.CANCELLED_AND_NOTIFIED:
-                return False
-            # No executor will notify it: wake wait() and as_completed() now, not when a worker would pick it.
-            self.set_running_or_notify_cancel()
-            return True
+        if not super().cancel():
+            return False
+        # No executor will notify it: wake wait() and as_completed() now. The first notifier gets False;
+        # a later one (it was cancelled before) gets RuntimeError.
+        try:
+            return not self.set_running_or_notify_cancel()
+        except RuntimeError:
+            return False
+
+    def claim(self) -> bool:
+        """Pending -> running; False if it was cancelled (or already claimed), like an executor's check."""
+        try:
+            return self.set_running_or_notify_cancel()
+        except RuntimeError:
+            return False
 
     def _prefetch(self, siblings: list[Future]) -> None:
         """Fetch the values of ``siblings`` along with this one (engines that keep values remote; else no-op)."""
@@ -136,29 +162,45 @@ def gather(fs: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
 def find_futures(obj: Any, out: list[Future] | None = None) -> list[Future]:
     """The nbflow futures inside ``obj`` (itself, or nested in lists, tuples, sets and dict values)."""
     out = [] if out is None else out
-    if isinstance(obj, Future):
-        out.append(obj)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for item in obj:
-            find_futures(item, out)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            find_futures(item, out)
+    _find(obj, out, set())
     return out
 
 
-def substitute(obj: Any, replace: Callable[[Future], Any]) -> Any:
-    """A copy of ``obj`` with every nbflow future replaced by ``replace(future)``; containers rebuilt."""
+def _find(obj: Any, out: list[Future], seen: set[int]) -> None:
+    if isinstance(obj, Future):
+        out.append(obj)
+    elif isinstance(obj, (list, tuple, set, frozenset, dict)):
+        if id(obj) in seen:  # a container that holds itself: one visit is enough
+            return
+        seen.add(id(obj))
+        for item in obj.values() if isinstance(obj, dict) else obj:
+            _find(item, out, seen)
+
+
+def substitute(obj: Any, replace: Callable[[Future], Any], _path: frozenset[int] = frozenset()) -> Any:
+    """A copy of ``obj`` with every nbflow future replaced by ``replace(future)``; containers rebuilt.
+
+    Containers without futures are returned as they are. A container that holds itself *and* futures cannot
+    be rebuilt: ``ResourceSpecError``.
+    """
     if isinstance(obj, Future):
         return replace(obj)
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [substitute(item, replace) for item in obj]
-        if type(obj) is tuple or type(obj) is list or type(obj) is set or type(obj) is frozenset:
-            return type(obj)(items)
-        return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)  # namedtuple
+    if not isinstance(obj, (list, tuple, set, frozenset, dict)) or not find_futures(obj):
+        return obj
+    if id(obj) in _path:
+        from .errors import ResourceSpecError
+
+        raise ResourceSpecError(
+            f"a task argument of type {type(obj).__name__} contains itself and holds futures: pass the futures"
+            " in a container without cycles"
+        )
+    path = _path | {id(obj)}
     if isinstance(obj, dict):
-        return type(obj)((k, substitute(v, replace)) for k, v in obj.items())
-    return obj
+        return type(obj)((k, substitute(v, replace, path)) for k, v in obj.items())
+    items = [substitute(item, replace, path) for item in obj]
+    if type(obj) in (tuple, list, set, frozenset):
+        return type(obj)(items)
+    return type(obj)(*items) if hasattr(obj, "_fields") else type(obj)(items)  # namedtuple
 
 
 def upstream_value(dep: Future) -> Any:

@@ -1,7 +1,7 @@
-"""The live occupancy panel (SPEC §5): an anywidget fed by one shared background poller.
+"""The live occupancy panel: an anywidget fed by one shared background poller.
 
 Imported on first use of ``nbflow.monitor()`` (it imports ``anywidget``); the summaries it shows where no
-widget can run are in the light ``nbflow.monitor`` module.
+widget can run are in the light ``nbflow.render`` module.
 
 The kernel sends one snapshot per tick as a single synced trait, and only when something other than its
 timestamp changed; the front-end (``widgets/monitor.js``) computes "held for" from its own clock.
@@ -21,7 +21,7 @@ from typing import Any
 import anywidget
 import traitlets
 
-from .monitor import render_html, render_text
+from .render import render_html, render_text
 
 Source = Callable[[], Mapping[str, Any]]
 
@@ -31,9 +31,9 @@ def _asset(name: str) -> str:
 
 
 def _occupancy() -> Mapping[str, Any]:
-    import nbflow
+    from .engines import engine
 
-    return nbflow.occupancy()
+    return engine().occupancy()
 
 
 class Monitor(anywidget.AnyWidget):

@@ -14,7 +14,7 @@ from limits_helpers import gpu_used, wait_for
 from magics_nb.kernel import cell_text, run_notebook
 
 import nbflow
-from nbflow.engines.procpool import WorkerDied
+from nbflow import WorkerDied
 
 
 def child_pid(fut: nbflow.Future) -> int:

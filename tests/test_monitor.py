@@ -10,7 +10,7 @@ import time
 import pytest
 
 import nbflow
-from nbflow.monitor import format_amount, format_duration, render_html, render_text
+from nbflow.render import format_amount, format_duration, render_html, render_text
 from nbflow.panel import Monitor
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
@@ -259,7 +259,7 @@ def test_bad_interval_is_a_clear_error(interval):
 
 def test_an_unclosed_panel_does_not_hold_up_interpreter_exit(tmp_path):
     script = (
-        "from nbflow.monitor import Monitor\n"
+        "from nbflow.panel import Monitor\n"
         "import threading, time\n"
         "m = Monitor(interval=0.01, source=lambda: {'engine': 'local', 'time': time.time(), 'workers': [],"
         " 'tasks': {}, 'limits': []})\n"
@@ -289,19 +289,17 @@ def test_front_end_ships_with_the_package():
     assert ".nbflow-monitor" in Monitor._css and "--jp-ui-font-color1" in Monitor._css
 
 
-def test_nbflow_monitor_stays_callable_once_its_module_is_loaded():
+def test_no_public_function_is_shadowed_by_a_submodule_of_the_same_name():
     code = (
-        "import nbflow\n"
-        "first = nbflow.monitor(interval=60)\n"  # loads nbflow.monitor's widget half
-        "import nbflow.monitor\n"
-        "from nbflow.monitor import Monitor\n"
-        "second = nbflow.monitor(interval=60)\n"
-        "assert isinstance(first, Monitor) and isinstance(second, Monitor)\n"
-        "first.close(); second.close(); nbflow.engine().close()\n"
-        "print('ok')\n"
+        "import importlib, pkgutil, nbflow\n"
+        "subs = {m.name for m in pkgutil.iter_modules(nbflow.__path__)}\n"
+        "for name in subs: importlib.import_module('nbflow.' + name)\n"
+        "clash = sorted(subs & set(nbflow.__all__))\n"
+        "shadowed = sorted(n for n in nbflow.__all__ if type(getattr(nbflow, n)).__name__ == 'module')\n"
+        "print(clash, shadowed)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert done.stdout == "ok\n", done.stderr
+    assert done.stdout == "[] []\n", done.stdout + done.stderr
 
 
 def wait_for_file(path: str) -> int:

@@ -1,44 +1,71 @@
-"""Choosing the engine: ``nbflow.use(...)`` and ``nbflow.engine()``.
+"""Engines: the registry, ``nbflow.use(...)`` and ``nbflow.engine()``.
 
-Engine modules are imported only when used, so ``import nbflow`` never imports ``distributed``.
+An engine is found by name (``use("local")``, ``use("dask")``) or by an object it accepts (``use(client)``
+for a ``distributed.Client``). Engine modules are named as strings and imported on first use, so
+``import nbflow`` never imports ``distributed``. A new engine is one module with an ``Engine`` subclass
+(see ``core``), one ``register`` call, and a pass of the conformance suite (``tests/test_conformance.py``).
 """
 
 from __future__ import annotations
 
+import importlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from .base import Engine
+from ..errors import ResourceSpecError
+from .core import Engine, bind, bound
 
-__all__ = ["Engine", "engine", "use"]
+__all__ = ["Engine", "bind", "create", "engine", "register", "use"]
 
+_factories: dict[str, str | Callable[..., Engine]] = {}
+_adapters: list[tuple[Callable[[Any], bool], str, str]] = []  # (accepts, engine name, option name)
 _lock = threading.Lock()
 _current: Engine | None = None
-_override = threading.local()  # an engine bound to this thread, e.g. inside a Dask task
+
+
+def register(
+    name: str,
+    factory: str | Callable[..., Engine],
+    accepts: Callable[[Any], bool] | None = None,
+    as_option: str = "client",
+) -> None:
+    """Make ``use(name, **options)`` call ``factory(**options)``; ``factory`` may be ``"module:Class"``,
+    imported on first use. With ``accepts``, ``use(obj)`` for which ``accepts(obj)`` is true calls
+    ``factory(**{as_option: obj}, **options)``."""
+    _factories[name] = factory
+    if accepts is not None:
+        _adapters.append((accepts, name, as_option))
+
+
+def create(kind: Any = "local", **options: Any) -> Engine:
+    """A new engine of ``kind`` (a registered name, or an object a registered engine accepts)."""
+    if not isinstance(kind, str):
+        for accepts, name, option in _adapters:
+            if accepts(kind):
+                return _factory(name)(**{option: kind}, **options)
+    elif kind in _factories:
+        return _factory(kind)(**options)
+    names = ", ".join(repr(name) for name in _factories)
+    raise ResourceSpecError(f"unknown engine {kind!r}: use one of {names}, or pass a distributed.Client")
+
+
+def _factory(name: str) -> Callable[..., Engine]:
+    factory = _factories[name]
+    if isinstance(factory, str):
+        module, _, attr = factory.partition(":")
+        factory = _factories[name] = getattr(importlib.import_module(module), attr)
+    return factory
 
 
 def use(kind: Any = "local", **options: Any) -> Engine:
     """Select the engine: ``"local"`` (default), ``"dask"``, or an existing ``distributed.Client``.
 
-    The previous engine is closed (an embedded cluster it started is shut down).
+    The previous engine is closed: tasks it had not started are cancelled, and it returns without waiting
+    for running ones.
     """
     global _current
-    if isinstance(kind, str) and kind == "local":
-        from .local import LocalEngine
-
-        new: Engine = LocalEngine(**options)
-    elif isinstance(kind, str) and kind == "dask":
-        from .dask import DaskEngine
-
-        new = DaskEngine(**options)
-    elif type(kind).__module__.startswith("distributed") and hasattr(kind, "submit"):
-        from .dask import DaskEngine
-
-        new = DaskEngine(client=kind, **options)
-    else:
-        from ..errors import ResourceSpecError
-
-        raise ResourceSpecError(f"unknown engine {kind!r}: use 'local', 'dask', or pass a distributed.Client")
+    new = create(kind, **options)
     with _lock:
         old, _current = _current, new
     if old is not None:
@@ -49,22 +76,21 @@ def use(kind: Any = "local", **options: Any) -> Engine:
 def engine() -> Engine:
     """The engine in use: the one bound to this thread (inside a task), else the last ``use``d, else local."""
     global _current
-    bound = getattr(_override, "engine", None)
-    if bound is not None:
-        return bound
+    here = bound()
+    if here is not None:
+        return here
     current = _current
     if current is None:
         with _lock:
             if _current is None:
-                from .local import LocalEngine
-
-                _current = LocalEngine()
+                _current = create("local")
             current = _current
     return current
 
 
-def bind(eng: Engine | None) -> Engine | None:
-    """Bind ``eng`` to the calling thread (``None`` unbinds); returns what was bound before."""
-    previous = getattr(_override, "engine", None)
-    _override.engine = eng
-    return previous
+def _is_dask_client(obj: Any) -> bool:
+    return type(obj).__module__.startswith("distributed") and hasattr(obj, "submit")
+
+
+register("local", "nbflow.engines.local:LocalEngine")
+register("dask", "nbflow.engines.dask:DaskEngine", accepts=_is_dask_client)

@@ -1,4 +1,4 @@
-"""The Dask engine: nbflow tasks as ``client.submit`` calls with Dask worker resources.
+"""The Dask engine: each attempt of an nbflow task is one ``client.submit`` with Dask worker resources.
 
 Only imported when a Dask engine is created, so ``import nbflow`` never imports ``distributed``.
 """
@@ -6,8 +6,6 @@ Only imported when a Dask engine is created, so ``import nbflow`` never imports 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures as cf
-import contextlib
 import functools
 import queue
 import threading
@@ -17,15 +15,15 @@ from typing import Any
 
 import cloudpickle
 import distributed
-from distributed.client import done_callback
+from distributed.client import done_callback  # the coroutine behind Future.add_done_callback, minus its thread hop
 
-from ..errors import ResourceSpecError, Unsatisfiable, UpstreamError
-from ..futures import Future, find_futures, substitute, upstream_value
-from ..occupancy import Occupancy, WorkerOccupancy, empty_task_counts, limits_snapshot
-from ..task import Task
-from .base import Engine
+from ..errors import ResourceSpecError, Unsatisfiable
+from ..futures import Future
+from ..options import Runnable
+from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
+from .core import Engine, Run
 from .dask_cluster import connect
-from .dask_worker import probe, run_task
+from .dask_worker import STARTED_TOPIC, probe, run_task
 
 _REMOTE = object()  # result placeholder: the value stays on the cluster until someone asks for it
 
@@ -39,29 +37,35 @@ class DaskFuture(Future):
     def __init__(self, name: str, engine: DaskEngine) -> None:
         super().__init__(name)
         self.engine = engine
-        self.dask: distributed.Future | None = None
+        self.dask: distributed.Future | None = None  # the last attempt's Dask future
+        self._value: Any = _REMOTE
 
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
         if value is _REMOTE:
             self._prefetch([])
-            value = self._result
+            value = self._value
         return value
+
+    def _remote(self) -> bool:
+        """Finished, and its value not fetched yet."""
+        return self._value is _REMOTE and self.done() and not self.cancelled() and self.exception() is None
 
     def _prefetch(self, siblings: list[Future]) -> None:
         """Fetch this value and those of the finished ``siblings`` on the same cluster in one ``client.gather``."""
-        if self._result is not _REMOTE:
+        if self._value is not _REMOTE:
             return
         batch = [self] + [
-            f
-            for f in siblings
-            if isinstance(f, DaskFuture) and f.engine is self.engine and f._result is _REMOTE and f is not self
+            f for f in siblings if isinstance(f, DaskFuture) and f.engine is self.engine and f is not self and f._remote()
         ]
         values = self.engine.client.gather([f.dask for f in batch])
         for f, value in zip(batch, values, strict=True):
-            with f._condition:
-                if f._result is _REMOTE:
-                    f._result = value
+            if f._value is _REMOTE:  # two readers may fetch at once: the first value stored is kept
+                f._value = value
+
+
+class _DaskRun(Run):
+    __slots__ = ()
 
 
 class DaskEngine(Engine):
@@ -71,6 +75,7 @@ class DaskEngine(Engine):
     """
 
     kind = "dask"
+    Run = _DaskRun
 
     def __init__(
         self,
@@ -89,128 +94,114 @@ class DaskEngine(Engine):
         self.client, self.cluster = connect(
             address, client, n_workers, threads_per_worker, processes, resources, connect_timeout
         )
+        super().__init__("nbflow-dask")
         self._owns_client = client is None
-        self._closed = False
         self._address = self.client.scheduler.address
-        self._lock = threading.Lock()
-        self._pending: dict[str, DaskFuture] = {}  # key -> future not yet done
-        self._done = empty_task_counts()
+        self._live: dict[str, _DaskRun] = {}  # Dask key of the current attempt -> run, until it ends
         self._offers: dict[str, tuple[str, dict[str, float]]] | None = None  # address -> (name, totals)
         self._watching = False
-        self._watcher = _Watcher(self.client, self._finish_in_loop, self._finish)
+        self._watcher = _Watcher(self.client, self._finished_in_loop, self._attempt_over)
+        self.client.subscribe_topic(STARTED_TOPIC, self._on_started)
 
-    # -- submit ---------------------------------------------------------------------------------------
+    # -- placing attempts -----------------------------------------------------------------------------
 
-    def submit(self, task: Task, args: tuple, kwargs: dict) -> Future:
-        """Schedule ``task`` on the cluster; nbflow futures among the arguments become Dask dependencies."""
-        self.check(task.options.resources, task.name)
-        future = DaskFuture(task.name, self)
-        deps = find_futures((args, kwargs))
-        foreign = [dep for dep in deps if not self._owns(dep)]
-        waiting_for = [dep for dep in foreign if not dep.done()]
-        if waiting_for:  # e.g. a local-engine future: submit once it is done, never block here
-            countdown = [len(waiting_for)]
+    def _future(self, name: str) -> Future:
+        return DaskFuture(name, self)
 
-            def ready(_: object) -> None:
-                with self._lock:
-                    countdown[0] -= 1
-                    last = countdown[0] == 0
-                if last:
-                    self._send(future, task, args, kwargs, deps)
-
-            for dep in waiting_for:
-                dep.add_done_callback(ready)
-        else:
-            self._send(future, task, args, kwargs, deps)
-        return future
+    def _argument(self, dep: Future) -> Any:
+        """A dependency on this cluster is handed to Dask as its Dask future: its value never visits here."""
+        if self._owns(dep):
+            return dep.dask
+        return super()._argument(dep)
 
     def _owns(self, dep: Future) -> bool:
-        """Whether ``dep`` lives on this cluster, so Dask can take it as a dependency directly."""
         return isinstance(dep, DaskFuture) and (dep.engine is self or dep.engine._address == self._address)
 
-    def _send(self, future: DaskFuture, task: Task, args: tuple, kwargs: dict, deps: list[Future]) -> None:
-        if future.done():  # cancelled while it waited for a foreign dependency
-            return
+    def _submit_options(self, task: Runnable) -> dict[str, Any]:
+        return {"resources": dict(task.options.resources) or None, "pure": False}
+
+    def _place(self, run: _DaskRun) -> None:
+        key = run.fut.key if run.attempt == 0 else f"{run.fut.key}-retry{run.attempt}"
         try:
-            failed = next((dep for dep in deps if dep.done() and dep.status != "finished"), None)
-            if failed is not None:
-                upstream_value(failed)
-            args, kwargs = substitute((args, kwargs), self._as_argument)
-            opts = task.options
+            args, kwargs = self._arguments(run)
+            packed = cloudpickle.dumps(run.task)  # opaque to Dask: the scheduler passes the bytes on as they are
             dask_future = self.client.submit(
-                run_task,
-                cloudpickle.dumps(task),  # opaque to Dask: the scheduler passes the bytes on without unpickling
-                args,
-                kwargs,
-                self.on_unsatisfiable,
-                key=future.key,
-                resources=dict(opts.resources) or None,
-                retries=opts.retries or None,
-                pure=False,
+                run_task, packed, args, kwargs, self.on_unsatisfiable, key=key, **self._submit_options(run.task)
             )
-        except Exception as exc:  # an upstream failure, or the client is gone: the task fails, nothing hangs
-            future.set_exception(exc)
-            with self._lock:
-                self._done["error"] += 1
+        except Exception as exc:  # the client is gone, an argument cannot be sent: the task fails, nothing hangs
+            self._ended(run, run.attempt, exc=exc)
             return
-        future.dask = dask_future
-        future.on_cancel = dask_future.cancel
-        owned = [dep for dep in deps if self._owns(dep)]
-        with self._lock:
-            self._pending[future.key] = future
-        self._watcher.watch(dask_future, (future, owned, dask_future))
+        self._track([run], [dask_future])
 
-    def _as_argument(self, dep: Future) -> Any:
-        return dep.dask if self._owns(dep) else upstream_value(dep)
-
-    def _finish(self, future: DaskFuture, deps: list[DaskFuture], dask_future: distributed.Future) -> None:
-        """Complete the nbflow future from its Dask future, in the engine's completion thread."""
-        status = dask_future.status
-        failed = next((dep for dep in deps if dep.dask.status in ("error", "cancelled")), None)
+    def _place_many(self, runs: list[_DaskRun]) -> None:
+        """One ``client.map`` for a batch of first attempts: one graph message, the task pickled once."""
         try:
-            if status == "finished":
-                future.set_result(_REMOTE)
-            elif failed is not None:  # Dask hands the dependent the upstream exception; name the upstream
-                cause = failed.dask.exception() if failed.dask.status == "error" else None
-                future.set_exception(UpstreamError(failed.name, cause))
-            elif status == "error":
-                future.set_exception(dask_future.exception().with_traceback(dask_future.traceback()))
-            else:  # cancelled on the cluster (or by our own on_cancel): do not cancel Dask again
-                future.mark_cancelled()
-        except cf.InvalidStateError:  # the nbflow future was cancelled first
-            pass
-        self._count_done(future)
+            packed = cloudpickle.dumps(runs[0].task)
+            dask_futures = self.client.map(
+                run_task,
+                [packed] * len(runs),
+                [run.args for run in runs],
+                [run.kwargs for run in runs],
+                [self.on_unsatisfiable] * len(runs),
+                key=[run.fut.key for run in runs],
+                **self._submit_options(runs[0].task),
+            )
+        except Exception as exc:
+            for run in runs:
+                self._ended(run, run.attempt, exc=exc)
+            return
+        self._track(runs, dask_futures)
 
-    def _finish_in_loop(self, future: DaskFuture, deps: list[DaskFuture], dask_future: distributed.Future) -> bool:
-        """The common case, right in Dask's loop: a success with no callback to run (those never run in the loop)."""
+    def _track(self, runs: list[_DaskRun], dask_futures: list[distributed.Future]) -> None:
+        with self._lock:
+            for run, dask_future in zip(runs, dask_futures, strict=True):
+                run.fut.dask = dask_future
+                self._live[dask_future.key] = run
+        self._watcher.watch(runs, dask_futures)
+
+    def _on_started(self, event: tuple[float, dict]) -> None:
+        """Workers report attempts that have been running a moment (see ``dask_worker.Starts``)."""
+        worker = event[1]["worker"]
+        for key in event[1]["keys"]:
+            run = self._live.get(key)
+            if run is not None and not run.fut.done():
+                self._started(run, worker)
+
+    def _finished_in_loop(self, run: _DaskRun, dask_future: distributed.Future) -> bool:
+        """The common case, right in Dask's loop: a success that no done-callback waits for."""
         if dask_future.status != "finished":
             return False
-        with future._condition:  # reentrant: a callback added from now on sees the future done and runs in its caller
-            if future._done_callbacks:
-                return False
-            with contextlib.suppress(cf.InvalidStateError):  # the nbflow future was cancelled first
-                future.set_result(_REMOTE)
-        self._count_done(future)
+        if not self._succeeded_unwatched(run, _REMOTE):
+            return False
+        self._forget(dask_future)
         return True
 
-    def _count_done(self, future: DaskFuture) -> None:
+    def _attempt_over(self, run: _DaskRun, dask_future: distributed.Future) -> None:
+        """An attempt ended (in the engine's completion thread): report it to the lifecycle."""
+        self._forget(dask_future)
+        status = dask_future.status
+        if status == "finished":
+            self._ended(run, run.attempt, _REMOTE)
+        elif status == "error":
+            self._ended(run, run.attempt, exc=dask_future.exception().with_traceback(dask_future.traceback()))
+        elif run.fut.mark_cancelled():  # cancelled on the cluster, not by its future's cancel()
+            self._move(run, "cancelled")
+        elif not run.fut.done():
+            self._abandon(run)
+
+    def _forget(self, dask_future: distributed.Future) -> None:
         with self._lock:
-            self._pending.pop(future.key, None)
-            self._done[future.status] += 1
+            self._live.pop(dask_future.key, None)
 
-    def call(self, task: Task, args: tuple, kwargs: dict) -> Any:
-        """Run ``task`` here and now, holding its machine-wide ``limits`` (Dask resources belong to workers)."""
-        from ..limits import acquire_all
-
-        args, kwargs = substitute((args, kwargs), upstream_value)
-        holdings = acquire_all(task.options.limits, task=task.name) if task.options.limits else []
-        try:
-            return task.fn(*args, **kwargs)
-        finally:
-            for holding in holdings:
-                holding.release()
+    def _withdraw(self, run: _DaskRun) -> None:
+        dask_future = run.fut.dask
+        if dask_future is not None:
+            dask_future.cancel()
 
     # -- fail fast on demands no worker can meet -----------------------------------------------------
+
+    def _check(self, task: Runnable) -> None:
+        self.check(task.options.resources, task.name)
 
     def check(self, demand: Mapping[str, float], name: str = "task") -> None:
         """Raise ``Unsatisfiable`` if no current worker could ever give ``demand`` (unless waiting is on)."""
@@ -251,60 +242,56 @@ class DaskEngine(Engine):
     # -- occupancy ----------------------------------------------------------------------------------
 
     def occupancy(self) -> Occupancy:
-        """What every worker holds and runs, in one ``client.run`` round trip; also marks futures running."""
+        """What every worker holds and runs, in one ``client.run`` round trip; also updates task statuses."""
         probes = self.client.run(probe, on_error="ignore")
         workers: list[WorkerOccupancy] = []
-        with self._lock:
-            pending = self._pending
-            for probe_result in probes.values():
-                total, available = probe_result["total"], probe_result["available"]
-                workers.append(
-                    {
-                        "name": probe_result["name"],
-                        "host": probe_result["host"],
-                        "resources": {
-                            res: {"total": amount, "used": amount - available.get(res, amount)}
-                            for res, amount in total.items()
-                        },
-                        "running": len(probe_result["running"]),
-                        "waiting": len(probe_result["waiting"]),
-                        "queued": probe_result["queued"],
-                    }
-                )
-                for phase in ("running", "waiting"):
-                    for key in probe_result[phase]:
-                        future = pending.get(key)
-                        if future is not None:
-                            future.phase, future.worker = phase, probe_result["name"]
-            tasks = dict(self._done)
-            for future in pending.values():
-                tasks[future.status] += 1
+        for found in probes.values():
+            total, available = found["total"], found["available"]
+            workers.append(
+                {
+                    "name": found["name"],
+                    "host": found["host"],
+                    "resources": {
+                        res: {"total": amount, "used": amount - available.get(res, amount)}
+                        for res, amount in total.items()
+                    },
+                    "running": len(found["running"]),
+                    "waiting": len(found["waiting"]),
+                    "queued": found["queued"],
+                }
+            )
+            for key in found["waiting"]:
+                run = self._live.get(key)
+                if run is not None and run.phase == "pending":
+                    self._waiting(run)
+            for key in found["running"]:
+                run = self._live.get(key)
+                if run is not None and run.phase != "running" and not run.fut.done():
+                    self._started(run, found["name"])
         return {
             "engine": self.kind,
             "time": time.time(),
             "workers": workers,
-            "tasks": tasks,
+            "tasks": self.task_counts(),
             "limits": limits_snapshot(),
         }
 
-    # -- lifecycle ----------------------------------------------------------------------------------
+    # -- shutdown -----------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Cancel what is still pending; close the client and cluster if this engine started them.
+    def _shutdown(self) -> None:
+        """Cancel every unfinished task; close the client and cluster if this engine started them.
 
-        A client passed in by the caller stays open (its owner closes it); the pending tasks are cancelled
-        on it in one call. Closing twice is harmless.
+        A client passed in by the caller stays open (its owner closes it); the unfinished tasks are cancelled
+        on it in one call.
         """
         with self._lock:
-            pending, self._pending = list(self._pending.values()), {}
-            closed, self._closed = self._closed, True
-        if closed:
-            return
-        for future in pending:
-            future.mark_cancelled()  # the nbflow side; Dask is told below, in one message
+            live, self._live = list(self._live.values()), {}
+        for run in live:
+            self._abandon(run)  # the nbflow side; Dask is told below, in one message
         self._watcher.close()
-        if pending and not self._owns_client:
-            self.client.cancel([future.dask for future in pending])
+        self.client.unsubscribe_topic(STARTED_TOPIC)
+        if live and not self._owns_client:
+            self.client.cancel([run.fut.dask for run in live])
         if self._watching:
             self.client.unsubscribe_topic("all")
         if self._owns_client:
@@ -317,53 +304,58 @@ class DaskEngine(Engine):
 
 
 class _Watcher:
-    """Completes nbflow futures from their Dask futures at a fraction of ``add_done_callback``'s cost.
+    """Reports the end of every attempt, at a fraction of ``distributed.Future.add_done_callback``'s cost.
 
-    New futures are handed to the client's event loop in batches (one loop wake-up per batch, not per task).
-    Successes without callbacks complete in the loop; the rest in one thread of this engine, started when
-    first needed, so user callbacks and calls back into the client never run in the loop.
+    New futures reach the client's event loop in batches (one loop wake-up per batch, not per task), where
+    one small coroutine per future waits on it: ``done_callback``, which ``add_done_callback`` uses too, but
+    without its hop through a thread per callback (no public API awaits a future inside the loop). Successes that no callback waits for complete in the loop;
+    the rest in one thread of this engine, started when first needed, so user callbacks, retries and calls
+    back into the client never run in the loop.
     """
 
     def __init__(
-        self, client: distributed.Client, finish_in_loop: Callable[..., bool], finish: Callable[..., None]
+        self,
+        client: distributed.Client,
+        finished_in_loop: Callable[[Any, distributed.Future], bool],
+        attempt_over: Callable[[Any, distributed.Future], None],
     ) -> None:
         self._loop = client.loop
-        self._finish_in_loop = finish_in_loop
-        self._finish = finish
+        self._finished_in_loop = finished_in_loop
+        self._attempt_over = attempt_over
         self._lock = threading.Lock()
-        self._new: list[tuple[distributed.Future, tuple]] = []
+        self._new: list[tuple[Any, distributed.Future]] = []
         self._done: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
-    def watch(self, dask_future: distributed.Future, payload: tuple) -> None:
+    def watch(self, runs: list[Any], dask_futures: list[distributed.Future]) -> None:
         with self._lock:
-            self._new.append((dask_future, payload))
-            first = len(self._new) == 1
+            first = not self._new
+            self._new.extend(zip(runs, dask_futures, strict=True))
         if first:
             self._loop.add_callback(self._register)
 
     def _register(self) -> None:  # in the client's event loop
         with self._lock:
             batch, self._new = self._new, []
-        for dask_future, payload in batch:
-            asyncio.ensure_future(done_callback(dask_future, functools.partial(self._on_done, payload)))
+        for run, dask_future in batch:
+            asyncio.ensure_future(done_callback(dask_future, functools.partial(self._on_done, run)))
 
-    def _on_done(self, payload: tuple, _: distributed.Future) -> None:  # in the client's event loop
-        if self._finish_in_loop(*payload):
+    def _on_done(self, run: Any, dask_future: distributed.Future) -> None:  # in the client's event loop
+        if self._finished_in_loop(run, dask_future):
             return
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._complete, name="nbflow-dask-completions", daemon=True)
                 self._thread.start()
-        self._done.put(payload)
+        self._done.put((run, dask_future))
 
     def _complete(self) -> None:
         while True:
-            payload = self._done.get()
-            if payload is None:
+            item = self._done.get()
+            if item is None:
                 return
-            self._finish(*payload)
-            del payload  # holding it while idle would keep the last task's value on the cluster
+            self._attempt_over(*item)
+            del item  # holding it while idle would keep the last task's value on the cluster
 
     def close(self) -> None:
         self._done.put(None)

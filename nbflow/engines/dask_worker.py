@@ -15,29 +15,33 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from distributed import get_client, rejoin, secede
+from distributed import get_client, get_worker, rejoin, secede
 from distributed.comm.addressing import get_address_host
 
 from ..errors import TaskTimeout
 from ..futures import set_block_hook
-from ..task import Task
-from . import Engine, bind
+from ..options import Runnable
+from .core import Engine, bind
 
 _state = threading.local()  # per task thread: depth of nested waits, so we secede and rejoin once
 
 
-def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
-    """The function Dask runs for every nbflow task: bind the worker's engine, hold limits, enforce timeout.
+STARTED_TOPIC = "nbflow-started"  # worker -> clients: attempts that have been running a moment
 
-    ``packed`` is the task cloudpickled by the client (see ``DaskEngine._send``). Dependencies arrive already
-    resolved by Dask. ``retry_delay`` is slept here after a failed attempt that Dask will retry (Dask has no
-    delay of its own).
+
+def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
+    """The function Dask runs for every attempt of an nbflow task: bind the worker's engine, hold the
+    task's machine-wide ``limits``, enforce its ``timeout``.
+
+    ``packed`` is the task cloudpickled by the client (see ``DaskEngine._place``). Dependencies arrive
+    already resolved by Dask. Retries are the client's: a failed attempt raises, and holds nothing after.
     """
     task = _unpack(packed)
     opts = task.options
     engine = _worker_engine(on_unsatisfiable)
     previous = bind(engine)
     set_block_hook(_seceded)
+    key = _starts.begin()
     try:
         holdings = _acquire_limits(opts.limits, opts.name) if opts.limits else []
         try:
@@ -47,25 +51,80 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         finally:
             for holding in holdings:
                 holding.release()
-    except Exception:
-        if opts.retries and opts.retry_delay:
-            time.sleep(opts.retry_delay)
-        raise
     finally:
+        _starts.end(key)
         set_block_hook(None)
         bind(previous)
+
+
+class Starts:
+    """Tells the clients which attempts are running, so their futures read ``running`` with nobody asking.
+
+    An attempt is reported once it has run for a tick; one event per worker per tick carries every such
+    key. A task that ends within a tick costs a dict insert and delete, never a message.
+    """
+
+    TICK = 0.05
+
+    def __init__(self) -> None:
+        self._running: dict[str, tuple[float, Any]] = {}  # key -> (start time, worker), not yet reported
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def begin(self) -> str | None:
+        try:
+            worker = get_worker()
+            key = worker.get_current_task()
+        except ValueError:  # not in a Dask worker (a direct call of run_task)
+            return None
+        self._running[key] = (time.monotonic(), worker)
+        if not self._wake.is_set():
+            self._wake.set()
+            if self._thread is None:
+                self._start()
+        return key
+
+    def end(self, key: str | None) -> None:
+        if key is not None:
+            self._running.pop(key, None)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._serve, name="nbflow-started", daemon=True)
+                self._thread.start()
+
+    def _serve(self) -> None:
+        while True:
+            self._wake.wait()
+            time.sleep(self.TICK)
+            due = time.monotonic() - self.TICK
+            by_worker: dict[Any, list[str]] = {}
+            for key, (since, worker) in list(self._running.items()):
+                if since <= due and self._running.pop(key, None) is not None:
+                    by_worker.setdefault(worker, []).append(key)
+            for worker, keys in by_worker.items():
+                worker.log_event(STARTED_TOPIC, {"worker": str(worker.name), "keys": keys})
+            if not self._running:
+                self._wake.clear()
+                if self._running:  # one began between the check and the clear
+                    self._wake.set()
+
+
+_starts = Starts()
 
 
 _CACHED_BELOW = 64 * 1024  # a task closing over big data is not kept alive by the cache
 
 
-def _unpack(packed: bytes) -> Task:
+def _unpack(packed: bytes) -> Runnable:
     """The task in ``packed``, unpickled once per distinct bytes: its tasks share the function and its globals."""
     return _unpack_cached(packed) if len(packed) < _CACHED_BELOW else pickle.loads(packed)
 
 
 @functools.lru_cache(maxsize=256)
-def _unpack_cached(packed: bytes) -> Task:
+def _unpack_cached(packed: bytes) -> Runnable:
     return pickle.loads(packed)
 
 
@@ -136,7 +195,7 @@ class _Relay:
             self.call(_rejoin_once)
 
 
-def _run_with_deadline(task: Task, args: tuple, kwargs: dict, engine: Engine, holdings: list) -> Any:
+def _run_with_deadline(task: Runnable, args: tuple, kwargs: dict, engine: Any, holdings: list) -> Any:
     """Run the task in a helper thread and raise ``TaskTimeout`` in this one at the deadline.
 
     At the deadline the worker thread and the task's Dask resources are free at once; the helper gets an
@@ -202,7 +261,7 @@ def _next_request(relay: _Relay, deadline: float) -> tuple | None:
         return None
 
 
-class _WorkerEngine(Engine):
+class _WorkerEngine:
     """The engine tasks see on a worker: a Dask engine on the worker's client, created on first use."""
 
     kind = "dask"
@@ -215,21 +274,12 @@ class _WorkerEngine(Engine):
     def _engine(self) -> Engine:
         with self._lock:
             if self._real is None:
-                from .dask import DaskEngine
+                from . import create
 
-                self._real = DaskEngine(client=get_client(), on_unsatisfiable=self.on_unsatisfiable)
+                self._real = create(get_client(), on_unsatisfiable=self.on_unsatisfiable)
             return self._real
 
-    def submit(self, task: Task, args: tuple, kwargs: dict):
-        return self._engine().submit(task, args, kwargs)
-
-    def call(self, task: Task, args: tuple, kwargs: dict) -> Any:
-        return self._engine().call(task, args, kwargs)
-
-    def occupancy(self):
-        return self._engine().occupancy()
-
-    def __getattr__(self, name: str) -> Any:  # .client and anything else DaskEngine offers
+    def __getattr__(self, name: str) -> Any:  # submit, map, call, occupancy, .client: the real engine's
         return getattr(self._engine(), name)
 
 

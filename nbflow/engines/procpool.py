@@ -17,11 +17,7 @@ from typing import Any
 
 import cloudpickle
 
-from ..errors import NbflowError
-
-
-class WorkerDied(NbflowError):
-    """The child process running a task died (killed, crashed, out of memory)."""
+from ..errors import WorkerDied
 
 
 class RemoteTraceback(Exception):

@@ -82,17 +82,14 @@ class ThreadPool:
             self.unlend()
 
     def close(self) -> list[Any]:
-        """Stop taking items, let running items finish, join the threads; returns the items never run."""
+        """Stop taking items; returns the items never run. Running items finish in the background, then
+        their threads end (this does not wait for them)."""
         with self._lock:
             self.closing = True
-            threads = list(self._threads)
+            threads = len(self._threads)
         left = self._drain()
-        for _ in threads:
+        for _ in range(threads):
             self._tokens.put(_STOP)
-        me = threading.current_thread()
-        for thread in threads:
-            if thread is not me:
-                thread.join()
         return left + self._drain()
 
     def _drain(self) -> list[Any]:

@@ -13,7 +13,7 @@ from IPython.display import display
 from .. import engines
 from ..errors import NbflowError
 from ..limits import limit, limits
-from ..task import TaskOptions
+from ..options import TaskOptions
 from . import args
 from .cells import CellCode, analyze
 from .taskcell import Registry, TaskCell, short_error
@@ -76,7 +76,7 @@ class NbflowMagics(Magics):
 
     def _limits(self, rest: str) -> None:
         args.parse(args.limits, rest)
-        from ..monitor import format_amount, format_duration
+        from ..render import format_amount, format_duration
 
         statuses = limits()
         if not statuses:
@@ -91,7 +91,7 @@ class NbflowMagics(Magics):
 
     def _status(self, rest: str) -> None:
         args.parse(args.status, rest)
-        from ..monitor import render_html, render_text
+        from ..render import render_html, render_text
 
         snap = engines.engine().occupancy()
         display({"text/plain": render_text(snap), "text/html": render_html(snap)}, raw=True)

@@ -17,7 +17,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..futures import Future, find_futures
-from ..task import Task, TaskOptions
+from ..options import TaskOptions
+from ..tasks import Task
 from .cells import CellCode, CellPlan, pick
 from .display import CellView
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from _lab import OUTPUT, Lab, run_notebook, set_theme
 
-from nbflow.monitor import format_amount
+from nbflow.render import format_amount
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -1,9 +1,5 @@
-"""The monitor's light half: text and HTML summaries of an occupancy snapshot, and ``Monitor`` on demand.
-
-``nbflow/__init__`` imports this module before it defines ``nbflow.monitor()``, so that importing it later
-(``from nbflow.monitor import Monitor``) cannot replace that function on the package. It must stay cheap:
-the widget itself (``anywidget``) lives in ``nbflow.panel`` and loads on first use of ``Monitor``.
-"""
+"""Text and HTML summaries of an occupancy snapshot: ``%nbflow status``, ``nbflow status`` and the panel's
+fallback where no widget manager runs (nbconvert, nbval, GitHub)."""
 
 from __future__ import annotations
 
@@ -12,15 +8,6 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Monitor":
-        from .panel import Monitor
-
-        return Monitor
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
 
 _BYTE_UNITS = ("kB", "MB", "GB", "TB", "PB")
 

@@ -1,4 +1,4 @@
-"""The occupancy snapshot (SPEC §5): plain, JSON-able dicts, the same shape on every engine."""
+"""The occupancy snapshot: plain, JSON-able dicts, the same shape on every engine."""
 
 from __future__ import annotations
 

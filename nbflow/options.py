@@ -1,0 +1,83 @@
+"""Task options: validated once, when a task is declared, and read by every engine the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from .errors import ResourceSpecError
+from .specs import parse_resources
+
+MAX_SECONDS = 1e7  # about 116 days: longer timeouts and delays are typos (and overflow thread waits)
+
+
+def seconds(what: str, value: object, *, zero_ok: bool) -> float:
+    """``value`` as a finite number of seconds (> 0, or >= 0 when ``zero_ok``), else ``ResourceSpecError``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ResourceSpecError(f"{what} must be a number of seconds, got {value!r}")
+    number = float(value)
+    low_ok = number >= 0 if zero_ok else number > 0
+    if not (math.isfinite(number) and low_ok and number <= MAX_SECONDS):
+        bound = ">= 0" if zero_ok else "> 0"
+        hint = " (use None for no timeout)" if what == "timeout" else ""
+        raise ResourceSpecError(f"{what} must be finite seconds {bound} and <= {MAX_SECONDS:g}, got {value!r}{hint}")
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskOptions:
+    """Validated options of a task.
+
+    On every engine: a failed attempt (an exception, a ``TaskTimeout``, a lost worker) is retried while
+    ``retries`` remain, after ``retry_delay`` seconds during which the task holds nothing; ``timeout``
+    bounds each attempt from the moment it starts running.
+    """
+
+    name: str
+    resources: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    limits: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    retries: int = 0
+    retry_delay: float = 0.0
+    timeout: float | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ResourceSpecError(f"task name must be a non-empty string, got {self.name!r}")
+        object.__setattr__(self, "resources", parse_resources(self.resources))
+        object.__setattr__(self, "limits", parse_resources(self.limits))
+        if isinstance(self.retries, bool) or not isinstance(self.retries, numbers.Integral) or self.retries < 0:
+            raise ResourceSpecError(f"retries must be a whole number >= 0, got {self.retries!r}")
+        object.__setattr__(self, "retries", int(self.retries))
+        object.__setattr__(self, "retry_delay", seconds("retry_delay", self.retry_delay, zero_ok=True))
+        if self.timeout is not None:
+            object.__setattr__(self, "timeout", seconds("timeout", self.timeout, zero_ok=False))
+
+    def __reduce__(self):  # constructor arguments pickle smaller and faster than state
+        return (
+            TaskOptions,
+            (self.name, dict(self.resources), dict(self.limits), self.retries, self.retry_delay, self.timeout),
+        )
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(TaskOptions))
+
+
+class Runnable(Protocol):
+    """What an engine needs of a task: the function and its options (``nbflow.Task`` is one)."""
+
+    fn: Callable[..., Any]
+    options: TaskOptions
+
+    @property
+    def name(self) -> str: ...
+
+
+def changed(options: TaskOptions, changes: Mapping[str, Any]) -> TaskOptions:
+    """``options`` with ``changes`` applied; unknown option names raise ``TypeError`` listing the valid ones."""
+    unknown = set(changes) - set(OPTION_NAMES)
+    if unknown:
+        raise TypeError(f"unknown task option(s) {sorted(unknown)}; valid: {', '.join(OPTION_NAMES)}")
+    return dataclasses.replace(options, **changes)
