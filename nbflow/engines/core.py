@@ -276,6 +276,9 @@ class Engine:
             )
             if retry:
                 run.attempt += 1
+                first, run.claimed = not run.claimed, True
+        if retry and first and not run.fut.claim():  # it ran (briefly, unreported): no longer cancellable
+            return  # cancelled just now
         if not retry:
             self._settle(run, value, exc)
             return
@@ -352,6 +355,8 @@ class Engine:
             run.phase = phase
             if phase not in _DONE:
                 run.fut.phase = phase
+            else:
+                run.fut.on_cancel = None  # no cycle future -> run -> future: a dropped future is freed at once
 
     def task_counts(self) -> dict[str, int]:
         """How many runs of this engine are in each status."""

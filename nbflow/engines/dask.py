@@ -279,11 +279,9 @@ class DaskEngine(Engine):
     # -- shutdown -----------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        """Cancel every unfinished task; close the client and cluster if this engine started them.
-
-        A client passed in by the caller stays open (its owner closes it); the unfinished tasks are cancelled
-        on it in one call.
-        """
+        """Cancel every unfinished task; close the client and cluster if this engine started them, in the
+        background. A client passed in by the caller stays open (its owner closes it); the unfinished tasks
+        are cancelled on it in one call."""
         with self._lock:
             live, self._live = list(self._live.values()), {}
         for run in live:
@@ -295,7 +293,11 @@ class DaskEngine(Engine):
         if self._watching:
             self.client.unsubscribe_topic("all")
         if self._owns_client:
-            self.client.close()
+            # A thread worker still running a task makes closing take up to 30 s: do it in the background.
+            threading.Thread(target=self._close_cluster, name="nbflow-dask-close", daemon=True).start()
+
+    def _close_cluster(self) -> None:
+        self.client.close()
         if self.cluster is not None:
             self.cluster.close()
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,13 +42,103 @@ def connect(
 
 
 def _client_for(address: str, timeout: float) -> distributed.Client:
+    """A client of the scheduler at ``address``, else ``SchedulerUnreachable`` within about ``timeout`` seconds.
+
+    ``distributed.Client(timeout=)`` bounds only the TCP connect: a stopped scheduler or a listener that never
+    answers hangs in the handshake for a minute, and a listener speaking another protocol fails with raw
+    errors. So the address is probed first (connect, handshake, ``identity``) under one deadline.
+    """
+    deadline = time.monotonic() + timeout
+    _probe(address, timeout)
     try:
-        return distributed.Client(address, timeout=timeout)
-    except OSError as exc:  # distributed raises OSError (TimeoutError, ConnectionRefusedError) after the timeout
+        return distributed.Client(address, timeout=max(deadline - time.monotonic(), 1.0))
+    except OSError as exc:  # it stopped answering between the probe and the client's own connect
+        raise _unreachable(address, timeout, _reason(exc)) from None
+
+
+def _unreachable(address: str, timeout: float, why: str) -> SchedulerUnreachable:
+    return SchedulerUnreachable(
+        f"no Dask scheduler answered at {address} within {timeout:g} s ({why}): check that `dask scheduler`"
+        " runs there, is not stopped or overloaded, and that the address and port are right"
+    )
+
+
+def _reason(exc: BaseException) -> str:
+    """The innermost exception's type: distributed wraps ``ConnectionRefusedError`` in ``CommClosedError``."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return type(exc).__name__
+
+
+class _NotAScheduler(Exception):
+    """Something accepted the connection but did not answer a Dask handshake and ``identity``."""
+
+
+class _Progress:
+    """How far the probe got, for the message when the deadline cuts it short."""
+
+    why = "nothing accepted the connection"
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Connect, handshake and ask ``identity`` in a private event loop and thread (the caller may be inside a
+    running loop, as in a Jupyter kernel), all under ``timeout``; the comm is aborted whatever happens."""
+    outcome: list[BaseException | None] = []
+    progress = _Progress()
+
+    def run() -> None:
+        try:
+            asyncio.run(asyncio.wait_for(_identity(address, progress), timeout))
+            outcome.append(None)
+        except BaseException as exc:  # handed to the caller's thread
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, name="nbflow-probe-scheduler", daemon=True)
+    thread.start()
+    thread.join(timeout + 5)  # wait_for ends the probe at the timeout; this bound is only a safety net
+    error = outcome[0] if outcome else TimeoutError()
+    if error is None:
+        return
+    if isinstance(error, _NotAScheduler):
         raise SchedulerUnreachable(
-            f"no Dask scheduler answered at {address} within {timeout:g} s: check that `dask scheduler` runs"
-            f" there and the address/port are reachable ({type(exc).__name__})"
+            f"something at {address} accepted the connection but did not answer as a Dask scheduler ({error}):"
+            " check the address and port of `dask scheduler`"
         ) from None
+    if isinstance(error, (TimeoutError, asyncio.TimeoutError, OSError)):
+        raise _unreachable(address, timeout, progress.why) from None
+    raise SchedulerUnreachable(
+        f"{address} is not a usable Dask scheduler address ({type(error).__name__}: {error}):"
+        " give one like tcp://HOST:PORT"
+    ) from None
+
+
+async def _identity(address: str, progress: _Progress) -> None:
+    from distributed.comm import parse_address, registry
+
+    scheme, location = parse_address(address)
+    connector = registry.get_backend(scheme).get_connector()
+    connection_args = distributed.Security().get_connection_args("client")
+    delay = 0.01
+    while True:  # as distributed.comm.connect: a scheduler still starting up is retried until the deadline
+        try:
+            comm = await connector.connect(location, deserialize=False, **connection_args)
+            break
+        except OSError as exc:
+            progress.why = _reason(exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+    progress.why = "it accepted the connection but never answered"
+    try:
+        await comm.write(comm.handshake_info())
+        await comm.read()
+        await comm.write({"op": "identity", "reply": True})
+        info = await comm.read()
+    except Exception as exc:  # closed, garbled, huge or undecodable frames (CancelledError is not caught)
+        raise _NotAScheduler(_reason(exc)) from None
+    finally:
+        comm.abort()
+    if not isinstance(info, dict) or info.get("type") != "Scheduler":
+        raise _NotAScheduler(f"its identity was {str(info)[:60]!r}")
 
 
 def _embedded(

@@ -38,10 +38,11 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     """
     task = _unpack(packed)
     opts = task.options
-    engine = _worker_engine(on_unsatisfiable)
+    worker = get_worker()
+    engine = _worker_engine(worker, on_unsatisfiable)
     previous = bind(engine)
     set_block_hook(_seceded)
-    key = _starts.begin()
+    key = _starts.begin(worker)
     try:
         holdings = _acquire_limits(opts.limits, opts.name) if opts.limits else []
         try:
@@ -72,12 +73,8 @@ class Starts:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def begin(self) -> str | None:
-        try:
-            worker = get_worker()
-            key = worker.get_current_task()
-        except ValueError:  # not in a Dask worker (a direct call of run_task)
-            return None
+    def begin(self, worker: Any) -> str:
+        key = worker.get_current_task()
         self._running[key] = (time.monotonic(), worker)
         if not self._wake.is_set():
             self._wake.set()
@@ -85,9 +82,8 @@ class Starts:
                 self._start()
         return key
 
-    def end(self, key: str | None) -> None:
-        if key is not None:
-            self._running.pop(key, None)
+    def end(self, key: str) -> None:
+        self._running.pop(key, None)
 
     def _start(self) -> None:
         with self._lock:
@@ -283,13 +279,15 @@ class _WorkerEngine:
         return getattr(self._engine(), name)
 
 
-_worker_engines: dict[str, _WorkerEngine] = {}
+_worker_engines: dict[tuple[str, str], _WorkerEngine] = {}
 
 
-def _worker_engine(on_unsatisfiable: str) -> _WorkerEngine:
-    found = _worker_engines.get(on_unsatisfiable)
+def _worker_engine(worker: Any, on_unsatisfiable: str) -> _WorkerEngine:
+    """One engine per cluster and option in this process (thread workers of several clusters may share it)."""
+    where = (worker.scheduler.address, on_unsatisfiable)
+    found = _worker_engines.get(where)
     if found is None:
-        found = _worker_engines.setdefault(on_unsatisfiable, _WorkerEngine(on_unsatisfiable))
+        found = _worker_engines.setdefault(where, _WorkerEngine(on_unsatisfiable))
     return found
 
 
