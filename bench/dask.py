@@ -1,7 +1,8 @@
 """Dask engine benchmarks, each a ratio against a peer measured in the same run on the same cluster.
 
 1. nbflow vs raw ``client.submit`` for the same 2,000 no-op tasks (submit all, wait for all): time ratio.
-2. The seed pipeline (download 0.1 s -> infer 0.3 s with GPU=1 on a GPU=2 worker -> save 0.05 s) on Dask:
+2. ``task.map`` vs ``client.map`` of the same function, 10,000 and 100,000 no-op tasks: time ratio.
+3. The seed pipeline (download 0.1 s -> infer 0.3 s with GPU=1 on a GPU=2 worker -> save 0.05 s) on Dask:
    makespan / ideal, ideal = 0.1 + n * 0.3 / 2 + 0.05, next to the same pipeline through raw ``client.submit``.
 """
 
@@ -23,6 +24,7 @@ from nbflow.demo import DOWNLOAD, INFER, SAVE, ideal  # noqa: E402
 
 N_NOOP = 2000
 ROUNDS = 7
+MAP_SIZES = {10_000: 3, 100_000: 1}  # tasks: rounds (a 100,000-task round takes minutes on 2 cores)
 N_IMAGES = 20
 
 
@@ -60,12 +62,51 @@ def raw_round(client: distributed.Client) -> float:
 def nbflow_round(noop_task: nbflow.Task) -> float:
     settle(nbflow.engine().client)
     start = time.perf_counter()
-    futures = noop_task.map(range(N_NOOP))
+    futures = [noop_task.submit(i) for i in range(N_NOOP)]
     nbflow.wait(futures)
     elapsed = time.perf_counter() - start
     assert all(f.status == "finished" for f in futures)
     del futures
     return elapsed
+
+
+def raw_map_round(client: distributed.Client, n: int) -> float:
+    settle(client)
+    start = time.perf_counter()
+    futures = client.map(noop, range(n), pure=False)
+    distributed.wait(futures)
+    elapsed = time.perf_counter() - start
+    del futures
+    return elapsed
+
+
+def nbflow_map_round(noop_task: nbflow.Task, n: int) -> float:
+    settle(nbflow.engine().client)
+    start = time.perf_counter()
+    futures = noop_task.map(range(n))
+    nbflow.wait(futures)
+    elapsed = time.perf_counter() - start
+    assert all(f.status == "finished" for f in futures)
+    del futures
+    return elapsed
+
+
+def compare_map(client: distributed.Client, noop_task: nbflow.Task, n: int, rounds: int) -> None:
+    raw, ours = [], []
+    for i in range(rounds):
+        if i % 2:
+            ours.append(nbflow_map_round(noop_task, n))
+            raw.append(raw_map_round(client, n))
+        else:
+            raw.append(raw_map_round(client, n))
+            ours.append(nbflow_map_round(noop_task, n))
+    raw_s, ours_s = statistics.median(raw), statistics.median(ours)
+    report(
+        f"task.map on Dask vs client.map, {n} no-op tasks",
+        ours_s / raw_s,
+        1.10,
+        f"median of {rounds}: nbflow {ours_s:.3f} s, client.map {raw_s:.3f} s",
+    )
 
 
 def download(i):
@@ -128,6 +169,9 @@ def main() -> None:
         1.10,
         f"median of {ROUNDS}: nbflow {ours_s:.3f} s, client.submit {raw_s:.3f} s",
     )
+
+    for n, rounds in MAP_SIZES.items():
+        compare_map(client, noop_task, n, rounds)
 
     seed_makespan(2), raw_seed_makespan(client, 2)  # warm up
     best_possible = ideal(N_IMAGES)
