@@ -1,4 +1,4 @@
-"""Benchmark of machine-wide limits (SPEC §9), with filelock measured as the peer in the same run.
+"""Benchmark of machine-wide limits, with filelock measured as the peer in the same run.
 
 1. Uncontended ``acquire`` + ``release``: median of many, next to ``filelock.FileLock`` acquire + release.
 2. Cross-process hand-off: process A releases, process B (already waiting) returns from ``acquire``;

@@ -1,4 +1,4 @@
-"""Benchmark of the local engine (SPEC §9), with its peers measured in the same run.
+"""Benchmark of the local engine, with its peers measured in the same run.
 
 1. The seed pipeline (download 0.1 s → infer 0.3 s holding 1 of GPU=2 → save 0.05 s), 20 images in one process:
    makespan ÷ ideal, ideal = 0.1 + n·0.3/2 + 0.05.

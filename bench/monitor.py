@@ -1,4 +1,4 @@
-"""The panel's cost per tick in a real kernel (SPEC §9): ≤ 5 ms kernel CPU, one comm message per tick.
+"""The panel's cost per tick in a real kernel: ≤ 5 ms kernel CPU, one comm message per tick.
 
 A real ipykernel (started with jupyter_client) runs the panel's tick — take the snapshot, compare it with the
 last one, send it — against a 64-worker × 3-resource snapshot source, and times it with ``time.thread_time``

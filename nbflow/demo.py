@@ -15,7 +15,7 @@ import time
 import nbflow
 
 IMAGES = 12
-DOWNLOAD, INFER, SAVE, GPUS = 0.1, 0.3, 0.05, 2  # the seed pipeline of SPEC §9, also used by bench/
+DOWNLOAD, INFER, SAVE, GPUS = 0.1, 0.3, 0.05, 2  # the seed pipeline, also used by bench/
 
 
 def ideal(images: int) -> float:

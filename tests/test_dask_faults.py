@@ -1,4 +1,4 @@
-"""Dask engine under faults and across worker processes: SIGKILL of a worker, host limits (SPEC §3, §10)."""
+"""Dask engine under faults and across worker processes: SIGKILL of a worker, host limits."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Dask engine on its embedded LocalCluster: per-worker resources, nested tasks, bad input (SPEC §2, §3)."""
+"""The Dask engine on its embedded LocalCluster: per-worker resources, nested tasks, bad input."""
 
 from __future__ import annotations
 

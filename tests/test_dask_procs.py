@@ -1,4 +1,4 @@
-"""The Dask engine against real ``dask scheduler`` / ``dask worker --resources`` processes (SPEC §1.3, §3, §5)."""
+"""The Dask engine against real ``dask scheduler`` / ``dask worker --resources`` processes."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def test_unsatisfiable_demands_raise_at_submit_naming_the_offers(engine):
         started_at = time.monotonic()
         with pytest.raises(nbflow.Unsatisfiable) as info:
             infer.with_options(resources=demand).submit()
-        assert time.monotonic() - started_at < 5  # fail fast (SPEC: within a second; generous under load)
+        assert time.monotonic() - started_at < 5  # fail fast: within a second, generous under load
         message = str(info.value)
         assert "\n" not in message
         assert "gpu-a GPU=2" in message and "gpu-b GPU=2" in message and "mem MEMORY=1e+11" in message

@@ -1,4 +1,4 @@
-"""The live panel's kernel side (SPEC §5): its synced snapshot, the shared poller, the static fallback."""
+"""The live panel's kernel side: its synced snapshot, the shared poller, the static fallback."""
 
 from __future__ import annotations
 

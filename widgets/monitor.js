@@ -1,4 +1,4 @@
-// The nbflow occupancy panel: draws the `snapshot` trait (SPEC §5). Plain ES module, no build step.
+// The nbflow occupancy panel: draws the `snapshot` trait. Plain ES module, no build step.
 // The kernel sends a snapshot only when something changed; "held for" ticks here, on the browser's clock
 // corrected by the offset between it and the kernel's clock at the last snapshot.
 
@@ -21,7 +21,7 @@ function sig(x) {
   return Number.isInteger(x) ? String(x) : String(Number(x.toPrecision(3)));
 }
 
-// Same rules as nbflow.monitor.format_amount: MEMORY in decimal bytes, others as plain numbers.
+// Same rules as nbflow.render.format_amount: MEMORY in decimal bytes, others as plain numbers.
 function amount(resource, x) {
   if (resource.toUpperCase() === "MEMORY" && Math.abs(x) >= 1000) {
     let unit = "";

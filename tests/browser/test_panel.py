@@ -1,4 +1,4 @@
-"""The panel in a real JupyterLab, in Debian's headless Chromium driven by Playwright (SPEC §5).
+"""The panel in a real JupyterLab, in Debian's headless Chromium driven by Playwright.
 
 The notebook ``panel.ipynb`` runs three ``GPU=1`` tasks on a machine limit of 2; two hold until this test
 creates the file ``release``. The test reads the panel's GPU bars while they hold (2 of 2) and after they

@@ -1,4 +1,4 @@
-"""The panel reads well with 1 or 64 workers, in JupyterLab's light and dark themes (SPEC §5, issue #6).
+"""The panel reads well with 1 or 64 workers, in JupyterLab's light and dark themes.
 
 ``layouts.ipynb`` shows two panels on fixed synthetic snapshots: 64 workers × 3 resources (a real pipeline
 cannot run 64 workers on this 2-core test machine, so a ``source=`` stands in for ``nbflow.occupancy()``) and
