@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from collections.abc import Iterable, Mapping
 
@@ -20,13 +21,43 @@ def check_name(name: object) -> str:
 
 
 def check_amount(name: str, amount: object) -> float:
-    """Return ``amount`` as a float > 0, else raise ``ResourceSpecError``."""
-    if isinstance(amount, bool) or not isinstance(amount, (int, float)):
+    """Return ``amount`` as a float > 0, else raise ``ResourceSpecError``.
+
+    Any real number is accepted (``numpy.int64(2)``, ``Fraction``), since amounts are often computed;
+    bools and strings are refused rather than read as 1 or parsed.
+    """
+    if isinstance(amount, bool) or not isinstance(amount, numbers.Real):
         raise ResourceSpecError(f"amount of {name!r} must be a number > 0, got {amount!r}")
-    value = float(amount)
+    try:
+        value = float(amount)
+    except OverflowError:  # an int like 10**400
+        value = math.inf
     if not math.isfinite(value) or value <= 0:
-        raise ResourceSpecError(f"amount of {name!r} must be a finite number > 0, got {amount!r}")
+        raise ResourceSpecError(f"amount of {name!r} must be a finite number > 0, got {_shown(amount)}")
     return value
+
+
+def check_timeout(timeout: object) -> float | None:
+    """Return ``timeout`` in seconds as a float >= 0, or None to wait forever (also for ``math.inf``).
+
+    A negative, NaN, bool or non-number timeout raises ``ResourceSpecError`` (a ``ValueError``).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise ResourceSpecError(f"timeout must be None or a number of seconds >= 0, got {_shown(timeout)}")
+    try:
+        value = float(timeout)
+    except OverflowError:  # an int like 10**400: longer than any wait, or below -1e308
+        value = math.inf if timeout > 0 else -math.inf
+    if not value >= 0:
+        raise ResourceSpecError(f"timeout must be None or a number of seconds >= 0, got {_shown(timeout)}")
+    return None if value == math.inf else value
+
+
+def _shown(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def parse_amount(name: str, text: str) -> float:

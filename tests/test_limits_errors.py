@@ -1,15 +1,21 @@
-"""Bad input to limits (SPEC §10): one clear error of the class SPEC §7 names, and nothing left held."""
+"""Bad input to limits: one clear error of the class SPEC §7 names, and nothing left held."""
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
 import subprocess
+import threading
+from fractions import Fraction
 
+import numpy as np
 import pytest
-from limits_helpers import assert_nothing_held
+from limits_helpers import assert_nothing_held, wait_for
 
 from nbflow.errors import LimitsDirError, NoSuchLimit, ResourceSpecError, Unsatisfiable
-from nbflow.limits import acquire, acquire_all, concurrency, limit, limits, remove_limit
+from nbflow.limits import acquire, acquire_all, acquire_async, concurrency, limit, limits, remove_limit
+from nbflow.specs import parse_resources
 
 BAD_NAMES = ["a/b", "..", ".", "../escape", "a\0b", "x" * 129, "", "sp ace", 3, None]
 
@@ -53,11 +59,61 @@ def test_bad_amounts(limits_dir, amount):
     assert_nothing_held(str(limits_dir))
 
 
-@pytest.mark.parametrize("timeout", [-1, "1", float("nan"), True])
+@pytest.mark.parametrize("amount", [10**400, -(10**400), np.bool_(True), 1e400], ids=repr)
+def test_huge_or_odd_amounts_are_resource_spec_errors(limits_dir, amount):
+    for call in (
+        lambda: limit("GPU", amount),
+        lambda: acquire("CPU", amount),
+        lambda: concurrency("CPU", occupy=amount),
+        lambda: parse_resources({"GPU": amount}),
+    ):
+        with pytest.raises(ResourceSpecError, match="amount of '(GPU|CPU)' must be a") as info:
+            call()
+        assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    assert limits() == [] or all(s.used == 0 for s in limits())
+
+
+def test_numpy_and_other_real_numbers_are_accepted(limits_dir):
+    limit("GPU", np.int64(2))
+    limit("MEM", np.float32(0.5))
+    assert {(s.name, s.capacity) for s in limits()} == {("GPU", 2.0), ("MEM", 0.5)}
+    assert type(limits()[0].capacity) is float
+    with acquire("GPU", np.int64(1), timeout=np.float64(5)) as one, acquire("GPU", Fraction(1, 1)) as two:
+        assert (one.slots, two.slots) == ((0,), (1,)) and type(one.amount) is float
+    with concurrency("MEM", occupy=np.float32(0.25)):
+        [quarter] = acquire_all({"MEM": np.float16(0.25)}, timeout=5)
+        assert [s.used for s in limits() if s.name == "MEM"] == [0.5]
+        quarter.release()
+    assert parse_resources({"GPU": np.uint8(1)}) == {"GPU": 1.0}
+    assert_nothing_held(str(limits_dir))
+
+
+@pytest.mark.parametrize("timeout", [-1, -0.5, "1", float("nan"), True, np.float64("nan"), -(10**400)], ids=repr)
 def test_bad_timeout(limits_dir, timeout):
     limit("X", 1)
-    with pytest.raises(ValueError, match="timeout must be None or a number of seconds >= 0"):
-        acquire("X", timeout=timeout)
+    for call in (
+        lambda: acquire("X", timeout=timeout),
+        lambda: concurrency("X", timeout=timeout),  # refused when made, not at the first `with`
+        lambda: acquire_all({"X": 1}, timeout=timeout),
+        lambda: asyncio.run(acquire_async("X", timeout=timeout)),
+    ):
+        with pytest.raises(ResourceSpecError, match="timeout must be None or a number of seconds >= 0") as info:
+            call()
+        assert isinstance(info.value, ValueError) and "\n" not in str(info.value)
+    assert_nothing_held(str(limits_dir))
+
+
+@pytest.mark.parametrize("timeout", [math.inf, 10**400], ids=["inf", "10**400"])
+def test_infinite_timeout_waits_without_a_bound(limits_dir, timeout):
+    limit("X", 1)
+    hog = acquire("X")
+    granted = threading.Event()
+    waiter = threading.Thread(target=lambda: (acquire("X", timeout=timeout).release(), granted.set()))
+    waiter.start()
+    wait_for(lambda: next(s for s in limits() if s.name == "X").waiting == 1, what="the waiter to queue")
+    hog.release()
+    waiter.join(timeout=30)
+    assert granted.is_set()
     assert_nothing_held(str(limits_dir))
 
 

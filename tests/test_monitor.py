@@ -10,8 +10,8 @@ import time
 import pytest
 
 import nbflow
-from nbflow.render import format_amount, format_duration, render_html, render_text
 from nbflow.panel import Monitor
+from nbflow.render import format_amount, format_duration, render_html, render_text
 
 WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 

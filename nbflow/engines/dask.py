@@ -56,7 +56,9 @@ class DaskFuture(Future):
         if self._value is not _REMOTE:
             return
         batch = [self] + [
-            f for f in siblings if isinstance(f, DaskFuture) and f.engine is self.engine and f is not self and f._remote()
+            f
+            for f in siblings
+            if isinstance(f, DaskFuture) and f.engine is self.engine and f is not self and f._remote()
         ]
         values = self.engine.client.gather([f.dask for f in batch])
         for f, value in zip(batch, values, strict=True):
@@ -310,9 +312,9 @@ class _Watcher:
 
     New futures reach the client's event loop in batches (one loop wake-up per batch, not per task), where
     one small coroutine per future waits on it: ``done_callback``, which ``add_done_callback`` uses too, but
-    without its hop through a thread per callback (no public API awaits a future inside the loop). Successes that no callback waits for complete in the loop;
-    the rest in one thread of this engine, started when first needed, so user callbacks, retries and calls
-    back into the client never run in the loop.
+    without its hop through a thread per callback (no public API awaits a future inside the loop). Successes
+    that no callback waits for complete in the loop; the rest in one thread of this engine, started when first
+    needed, so user callbacks, retries and calls back into the client never run in the loop.
     """
 
     def __init__(

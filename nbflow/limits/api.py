@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Mapping
 
-from ..specs import NAME_RE, check_amount, check_name
+from ..specs import NAME_RE, check_amount, check_name, check_timeout
 from .holding import Holding
 from .paths import limits_dir
 from .semaphore import Budget, Cancel, get_limit
@@ -53,9 +53,9 @@ def acquire_all(demands: Mapping[str, float], *, timeout: float | None = None, t
     """Acquire several limits for one task, in sorted name order (so two callers never deadlock);
     on any failure release what was taken and re-raise. ``timeout`` bounds the whole."""
     checked = {check_name(name): check_amount(name, amount) for name, amount in demands.items()}
+    budget = Budget(timeout)
     for name, amount in checked.items():
         get_limit(name).check(amount)  # fail fast, before anything is held
-    budget = Budget(timeout)
     held: list[Holding] = []
     try:
         for name in sorted(checked):
@@ -72,6 +72,7 @@ async def acquire_async(name: str, amount: float = 1.0, *, timeout: float | None
     thread waits; if the awaiting task is cancelled the wait is aborted and a late grant released."""
     name = check_name(name)
     amount = check_amount(name, amount)
+    timeout = check_timeout(timeout)  # before the cancellation pipe is opened
     lim = get_limit(name)
     cancel = Cancel()
     budget = Budget(timeout, cancel)
@@ -116,7 +117,7 @@ class Concurrency:
     def __init__(self, name: str, occupy: float = 1, timeout: float | None = None, *, task: str = "") -> None:
         self.name = check_name(name)
         self.occupy = check_amount(self.name, occupy)
-        self.timeout = timeout
+        self.timeout = check_timeout(timeout)  # refused here, not at the first ``with``
         self.task = task
         self._held: dict[object, list[Holding]] = {}  # per thread / asyncio task: a stack (nested entries)
 

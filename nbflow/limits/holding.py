@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+from .damage import failure
 from .forksafe import Pool, close_tracked, set_owner
 
 _release_lock = threading.Lock()
@@ -64,6 +65,10 @@ class Holding:
             os.unlink(self._path)
         except FileNotFoundError:
             pass
+        except OSError as exc:  # e.g. slots/ made immutable: unlock the file, so it reads as a dead holder's
+            close_tracked(fd)
+            wake(self._wake)
+            raise failure(self.name, exc) from None
         keep_spare(self._slots_dir, fd, self._spare, self._size)
         wake(self._wake)
 

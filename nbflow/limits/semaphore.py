@@ -8,6 +8,11 @@
   use without opening files; each stays flocked by its holder, so an unlocked one is stale (holder died).
 - ``waiting/``: one locked file per acquirer that had to wait (counted by ``limits()``).
 - ``wake``: a FIFO; releases and ``limit()`` write a byte so the head re-checks at once.
+
+The head reads the capacity under the gate once its slot file is visible (a waiter also before it decides):
+a ``limit()`` that lowered it since the head decided makes the head take the slot back and decide again. So
+once ``limit()`` has returned, nobody is granted beyond the new capacity, whatever was queued before; an
+uncontended acquisition decides with the capacity it read last, so this costs no extra ``stat``.
 """
 
 from __future__ import annotations
@@ -16,12 +21,27 @@ import fcntl
 import os
 import time
 
-from ..errors import LimitsDirError, LimitTimeout, NoSuchLimit, Unsatisfiable
+from ..errors import LimitsDirError, LimitTimeout, NbflowError, NoSuchLimit
+from .capacity import Capacity
+from .damage import check_regular, check_tree, deleted, failure
 from .detect import detected_capacity
 from .forksafe import Pool, close_tracked, open_tracked, set_owner, unique
-from .holding import Holding, keep_spare, spares, wake
+from .holding import Holding, keep_spare, spares
 from .paths import limits_dir
-from .slotfiles import CREATE, filelock, fits, free_indices, lock_nb, publish, read_live, reap, record, used_of, visible
+from .slotfiles import (
+    CREATE,
+    entries,
+    filelock,
+    fits,
+    free_indices,
+    lock_nb,
+    publish,
+    read_live,
+    reap,
+    record,
+    used_of,
+    visible,
+)
 from .status import Holder, LimitStatus
 from .wake import Budget, Cancel, Cancelled, Expired, drain, fifo_fd, sleep_until_change
 
@@ -30,7 +50,7 @@ __all__ = ["Budget", "Cancel", "Cancelled", "Expired", "Limit", "get_limit"]
 gates: Pool = Pool(64)  # gate path -> descriptors of this process not in use by an acquisition
 
 
-class Limit:
+class Limit(Capacity):
     """The on-disk semaphore of one limit name in one limits directory."""
 
     def __init__(self, root: str, name: str) -> None:
@@ -42,94 +62,16 @@ class Limit:
         self.waiting_dir = self.dir + "/waiting"
         self.wake_path = self.dir + "/wake"
         self._cached: tuple[tuple[int, int], float] | None = None
+        self._last: float | None = None  # the capacity this process read last (a guess, checked after a grant)
         self._ready = False
-
-    # --- capacity -------------------------------------------------------------------------------
-
-    def set_capacity(self) -> float | None:
-        """The capacity written by ``limit()``, or None; cached by (inode, mtime) so a hit is one stat."""
-        try:
-            st = os.stat(self.capacity_path)
-        except FileNotFoundError:
-            return None
-        key = (st.st_ino, st.st_mtime_ns)
-        cached = self._cached
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        try:
-            with open(self.capacity_path, "rb") as f:
-                text = f.read(256).decode("utf-8", "replace").strip()
-        except FileNotFoundError:
-            return self.set_capacity()  # replaced or removed between stat and open
-        except OSError as exc:  # e.g. a directory in its place
-            text = exc.strerror or str(exc)
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not value > 0 or value == float("inf"):
-            raise LimitsDirError(
-                f"corrupted limits state file {self.capacity_path} (contains {text[:40]!r}): "
-                f"rewrite it with `nbflow limits set {self.name} N` or delete it"
-            )
-        self._cached = (key, value)
-        return value
-
-    def capacity(self) -> float:
-        """The set capacity, else the detected one (CPU, MEMORY, GPU), else ``NoSuchLimit``."""
-        value = self.set_capacity()
-        if value is None:
-            value = detected_capacity(self.name)
-            if value is None:
-                raise NoSuchLimit(
-                    f"no capacity is set for limit {self.name!r} on this machine: "
-                    f'set one with nbflow.limit("{self.name}", n) or `nbflow limits set {self.name} n`'
-                )
-        return value
-
-    def check(self, amount: float) -> float:
-        """The capacity, after refusing an amount it can never give."""
-        capacity = self.capacity()
-        if not fits(0.0, amount, capacity):
-            raise Unsatisfiable(
-                f"limit {self.name!r} has capacity {capacity:g}, so {amount:g} can never be granted: "
-                f'ask for less or raise it with nbflow.limit("{self.name}", n)'
-            )
-        return capacity
-
-    def write_capacity(self, capacity: float) -> None:
-        """Persist ``capacity`` atomically (tmp file + rename) and wake the head to re-check."""
-        self.ensure()
-        tmp = f"{self.dir}/.capacity-{unique()}"
-        try:
-            fd = os.open(tmp, CREATE | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, f"{capacity!r}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.capacity_path)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise LimitsDirError(f"cannot write {self.capacity_path}: {exc.strerror or exc}") from None
-        wake(self.wake_path)
-
-    def remove_capacity(self) -> None:
-        try:
-            os.unlink(self.capacity_path)
-        except FileNotFoundError:
-            raise NoSuchLimit(f"no capacity is set for limit {self.name!r}, so there is nothing to remove") from None
-        wake(self.wake_path)
 
     # --- files --------------------------------------------------------------------------------------
 
     def ensure(self) -> None:
-        """Create the limit's directories and wake FIFO once per process."""
+        """Check the limit's directory and create its parts once per process."""
         if self._ready:
             return
+        check_tree(self.name, self.dir)
         try:
             os.makedirs(self.slots_dir, mode=0o700, exist_ok=True)
             os.makedirs(self.waiting_dir, mode=0o700, exist_ok=True)
@@ -144,10 +86,29 @@ class Limit:
             ) from None
         self._ready = True
 
+    def damaged(self, exc: OSError) -> OSError:
+        """The most precise account of a system error met in this limit's directory (nbflow errors as is)."""
+        if isinstance(exc, NbflowError):
+            return exc
+        try:
+            check_tree(self.name, self.dir)
+        except LimitsDirError as found:
+            return found
+        except OSError:
+            pass
+        return failure(self.name, exc)
+
+    def _slots(self, typed: bool = False) -> list[str]:
+        """The visible slot files; a deleted ``slots/`` is refused (its holders would go uncounted)."""
+        try:
+            return visible(self.slots_dir, typed)
+        except FileNotFoundError:
+            raise deleted(self.name, self.slots_dir) from None
+
     def holders(self) -> list[Holder]:
         """Live holders (stale slot files of dead holders are removed on the way)."""
         out = []
-        for entry in visible(self.slots_dir):
+        for entry in self._slots(typed=True):
             fields = read_live(f"{self.slots_dir}/{entry}")
             if fields is None:
                 continue
@@ -164,23 +125,38 @@ class Limit:
         return sorted(out, key=lambda h: h.since)
 
     def waiting(self) -> int:
-        return sum(1 for entry in visible(self.waiting_dir) if read_live(f"{self.waiting_dir}/{entry}") is not None)
+        """Live waiters (files of dead ones are removed on the way)."""
+        waiting = visible(self.waiting_dir, typed=True)
+        return sum(1 for entry in waiting if read_live(f"{self.waiting_dir}/{entry}") is not None)
 
     def status(self) -> LimitStatus | None:
         """This limit as ``limits()`` shows it; None when it has neither a capacity nor holders."""
-        capacity = self.set_capacity()
-        if capacity is None:
-            capacity = detected_capacity(self.name)
-        self.ensure()
-        holders = self.holders()
+        try:
+            capacity = self.set_capacity()
+            if capacity is None:
+                capacity = detected_capacity(self.name)
+            check_tree(self.name, self.dir)
+            self.ensure()
+            self._reap_waiting()
+            holders = self.holders()
+            waiting = self.waiting()
+        except OSError as exc:
+            raise self.damaged(exc) from None
         if capacity is None and not holders:
             return None
         used = float(sum(h.amount for h in holders))
-        return LimitStatus(self.name, capacity or 0.0, used, holders, self.waiting())
+        return LimitStatus(self.name, capacity or 0.0, used, holders, waiting)
 
     def _reap_stale(self) -> bool:
-        """As head: remove slot files whose holder died, visible ones and spares (True if any)."""
-        return sum(reap(f"{self.slots_dir}/{entry}") for entry in os.listdir(self.slots_dir)) > 0
+        """As head: remove slot files whose holder died, visible ones and spares (True if any), and the
+        half-written ``.tmp-`` files of waiters killed while queueing."""
+        self._reap_waiting()
+        return sum(reap(f"{self.slots_dir}/{entry}") for entry in entries(self.slots_dir)) > 0
+
+    def _reap_waiting(self) -> None:
+        for entry in entries(self.waiting_dir):
+            if entry[0] == ".":
+                reap(f"{self.waiting_dir}/{entry}")
 
     # --- acquisition ----------------------------------------------------------------------------
 
@@ -189,6 +165,8 @@ class Limit:
             return self._acquire(amount, task, budget)
         except Expired:
             raise self._timeout_error(amount, budget) from None
+        except OSError as exc:
+            raise self.damaged(exc) from None
 
     def try_acquire(self, amount: float, task: str) -> Holding | None:
         """Grant at once if the gate is free and the amount fits, else None (no waiting)."""
@@ -196,28 +174,42 @@ class Limit:
             return self._acquire(amount, task, Budget(0.0))
         except Expired:
             return None
+        except OSError as exc:
+            raise self.damaged(exc) from None
 
     def _acquire(self, amount: float, task: str, budget: Budget) -> Holding:
-        capacity = self.check(amount)
-        self.ensure()
+        if not self._ready:  # first use here: refuse an unknown limit or impossible amount before creating files
+            self.check(amount)
+            self.ensure()
         gate = gates.take(self.gate_path)  # one open file description per acquisition in flight
         if gate is None:
-            gate = open_tracked(self.gate_path, os.O_RDWR | os.O_CREAT)
+            gate = self._open_gate()
         marker: tuple[str, int] | None = None
-        locked = False
+        locked = waited = False
         try:
             locked = lock_nb(gate)
             if not locked:
+                waited = True
+                self.check(amount)  # refuse what can never be granted before queueing
+                check_tree(self.name, self.dir)
                 marker = self._mark_waiting(amount, task, budget)
                 self._wait_gate(gate, budget)
                 locked = True
             fifo = -1
+            capacity = self._last if waited is False and self._last is not None else self.check(amount)
             while True:
-                names = visible(self.slots_dir)
-                if not fits(used_of(names), amount, capacity) and self._reap_stale():
-                    names = visible(self.slots_dir)
+                names = self._slots()
+                if not fits(used_of(names), amount, capacity):
+                    capacity = self.check(amount)  # in force now: the one seen before may be stale
+                    if not fits(used_of(names), amount, capacity) and self._reap_stale():
+                        names = self._slots()
                 if fits(used_of(names), amount, capacity):
-                    return self._grant(amount, task, capacity, names)
+                    holding = self._grant(amount, task, capacity, names)
+                    now = self._recheck(holding, capacity)
+                    if now >= capacity:
+                        return holding
+                    capacity = now  # lowered since it was read: the slot was taken back, decide again
+                    continue
                 if fifo < 0:  # drain old wake-ups, then look again before sleeping so none is missed
                     fifo = fifo_fd(self.wake_path)
                     drain(fifo)
@@ -231,12 +223,37 @@ class Limit:
             if marker is not None:
                 try:
                     os.unlink(marker[0])
+                except FileNotFoundError:
+                    pass
                 finally:
                     close_tracked(marker[1])
             if locked:
                 filelock.unlock_descriptor(gate)
             if not gates.give(self.gate_path, gate):
                 close_tracked(gate)
+
+    def _open_gate(self) -> int:
+        """A new descriptor of the gate (pooled ones are reused): the limit's directory is checked first."""
+        check_tree(self.name, self.dir)
+        fd = open_tracked(self.gate_path, os.O_RDWR | os.O_CREAT | os.O_NONBLOCK)
+        try:
+            check_regular(fd, self.gate_path)
+        except BaseException:
+            close_tracked(fd)
+            raise
+        return fd
+
+    def _recheck(self, holding: Holding, capacity: float) -> float:
+        """The capacity read again under the gate now that the grant is visible; below ``capacity`` (the
+        one the grant was decided with: ``limit()`` lowered it meanwhile) the slot is taken back."""
+        try:
+            now = self.capacity()
+        except BaseException:
+            holding.release()
+            raise
+        if now < capacity:
+            holding.release()
+        return now
 
     def _wait_gate(self, gate: int, budget: Budget) -> None:
         """Become head: a blocking flock (kernel queue, GIL released) or, with a timeout, short polls."""
@@ -254,7 +271,7 @@ class Limit:
 
     def _mark_waiting(self, amount: float, task: str, budget: Budget) -> tuple[str, int]:
         budget.remaining()  # a try that may not wait (timeout=0) leaves no waiting file behind
-        return publish(self.waiting_dir, unique(), record(task, amount, time.time(), ()))
+        return publish(self.waiting_dir, record(task, amount, time.time(), ()))
 
     def _grant(self, amount: float, task: str, capacity: float, names: list[str]) -> Holding:
         """As head: publish a slot file (a reused spare when this process has one) under its final name."""
@@ -264,20 +281,28 @@ class Limit:
         data = record(task, amount, since, slots)
         path = f"{self.slots_dir}/{amount!r}_{','.join(map(str, slots))}_{unique()}"
         spare = spares.take(self.slots_dir)
-        if spare is None:
-            spare_path = f"{self.slots_dir}/.spare-{unique()}"
-            fd = open_tracked(spare_path, CREATE, holding)
-            lock_nb(fd)  # a fresh file nobody else has open: this cannot be contended
-            size = 0
-        else:
-            fd, spare_path, size = spare
-            set_owner(fd, holding)
-        try:
-            os.pwrite(fd, data.ljust(size), 0)  # JSON readers ignore the trailing blanks
-            os.link(spare_path, path)
-        except BaseException:
-            keep_spare(self.slots_dir, fd, spare_path, size)
-            raise
+        while True:
+            if spare is None:
+                spare_path = f"{self.slots_dir}/.spare-{unique()}"
+                fd = open_tracked(spare_path, CREATE, holding)
+                lock_nb(fd)  # a fresh file nobody else has open: this cannot be contended
+                size = 0
+            else:
+                fd, spare_path, size = spare
+                set_owner(fd, holding)
+            try:
+                os.pwrite(fd, data.ljust(size), 0)  # JSON readers ignore the trailing blanks
+                os.link(spare_path, path)
+                break
+            except FileNotFoundError:
+                if spare is None:
+                    keep_spare(self.slots_dir, fd, spare_path, size)
+                    raise
+                close_tracked(fd)  # a pooled spare deleted with slots/ (recreated by hand): use a new file
+                spare = None
+            except BaseException:
+                keep_spare(self.slots_dir, fd, spare_path, size)
+                raise
         holding._path, holding._spare, holding._size, holding._fd = path, spare_path, max(size, len(data)), fd
         return holding
 

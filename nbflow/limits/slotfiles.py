@@ -1,21 +1,25 @@
 """Holder and waiter files of a limit: flocked while their owner lives, named so a listing gives the use.
 
 A file is ``<amount>_<indices>_<pid>_<unique>`` holding a JSON record; an unlocked one is stale (its owner died)
-and is reaped by whoever sees it.
+and is reaped by whoever sees it, as are the unlocked dotfiles (spares, ``.tmp-`` files) of dead processes.
+Entries that are not regular files are never opened (a FIFO would block): listing them is a ``LimitsDirError``.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from json.encoder import encode_basestring
 
-from .forksafe import HOST, close_tracked, open_tracked, pid
+from .damage import check_regular, misplaced
+from .forksafe import HOST, close_tracked, open_tracked, pid, unique
 
 EPS = 1e-9
 MAX_INDEXED = 1024  # limits up to this capacity hand out device indices (GPU slot k)
 HOST_JSON = json.dumps(HOST)
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+PEEK = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC  # never blocks, even on a FIFO put there by hand
 
 
 def fits(used: float, amount: float, capacity: float) -> bool:
@@ -49,32 +53,44 @@ def record(task: str, amount: float, since: float, slots: tuple[int, ...]) -> by
     ).encode()
 
 
-def publish(directory: str, name: str, data: bytes) -> tuple[str, int]:
-    """Create ``directory/name`` already flocked with ``record`` in it: written as a dotfile, then renamed,
-    so a visible file is always locked while its creator lives."""
-    tmp = f"{directory}/.tmp-{name}"
-    path = f"{directory}/{name}"
-    fd = open_tracked(tmp, CREATE)
-    try:
-        lock_nb(fd)  # a fresh file nobody else has open: this cannot be contended
-        os.write(fd, data)
-        os.rename(tmp, path)
-    except BaseException:
+def publish(directory: str, data: bytes) -> tuple[str, int]:
+    """Create a uniquely named file in ``directory`` already flocked with ``data`` in it: written as a
+    ``.tmp-`` dotfile, then renamed, so a visible file is always locked while its creator lives.
+
+    A reaper may delete the dotfile between its creation and its lock (it looks like a dead waiter's):
+    then the rename fails or the lock is taken, and another name is tried.
+    """
+    for _ in range(3):
+        name = unique()
+        tmp = f"{directory}/.tmp-{name}"
+        fd = open_tracked(tmp, CREATE)
         try:
-            os.unlink(tmp)
-        finally:
-            close_tracked(fd)
-        raise
-    return path, fd
+            if lock_nb(fd):  # else a reaper holds it and deletes it
+                os.write(fd, data)
+                os.rename(tmp, f"{directory}/{name}")
+                return f"{directory}/{name}", fd
+        except FileNotFoundError:  # reaped before the rename: try another name
+            pass
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            finally:
+                close_tracked(fd)
+            raise
+        close_tracked(fd)
+    raise FileNotFoundError(errno.ENOENT, "removed three times while being created", directory)
 
 
 def reap(path: str) -> bool:
     """Delete ``path`` if nobody holds its flock (its holder died); True when it is gone."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, PEEK)
     except FileNotFoundError:
         return True
     try:
+        check_regular(fd, path)
         if not lock_nb(fd):
             return False
         try:
@@ -89,10 +105,11 @@ def reap(path: str) -> bool:
 def read_live(path: str) -> dict | None:
     """The record of a live holder/waiter file, or None (and the file removed) when its owner is dead."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, PEEK)
     except FileNotFoundError:
         return None
     try:
+        check_regular(fd, path)
         if lock_nb(fd):
             try:
                 os.unlink(path)
@@ -109,9 +126,28 @@ def read_live(path: str) -> dict | None:
     return fields if isinstance(fields, dict) else {}
 
 
-def visible(directory: str) -> list[str]:
-    """The holdings (or waiters) listed in ``directory``: dotfiles are spares or being written."""
-    return [entry for entry in os.listdir(directory) if entry[0] != "."]
+def entries(directory: str) -> list[str]:
+    """Every name in ``directory``, dotfiles included; an entry that is not a regular file (a directory,
+    FIFO, socket, link or device) is refused rather than ever opened."""
+    names = []
+    with os.scandir(directory) as listing:
+        for entry in listing:
+            if not entry.is_file(follow_symlinks=False):  # d_type from the listing: no extra system call
+                try:
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                except FileNotFoundError:  # released meanwhile (on file systems without d_type)
+                    continue
+                raise misplaced(entry.path, mode)
+            names.append(entry.name)
+    return names
+
+
+def visible(directory: str, typed: bool = False) -> list[str]:
+    """The holdings (or waiters) listed in ``directory``: dotfiles are spares or being written.
+
+    Only names are needed to count the use (the hot path); ``typed`` also refuses special files, for
+    readers that open the entries."""
+    return [name for name in (entries(directory) if typed else os.listdir(directory)) if name[0] != "."]
 
 
 def used_of(names: list[str]) -> float:

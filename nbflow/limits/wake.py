@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 import threading
 import time
 
+from ..specs import check_timeout
+from .damage import misplaced
 from .slotfiles import holder_pids
 
 FALLBACK_POLL = 0.25  # seconds; only matters for holders whose death no pidfd reports (other hosts)
@@ -47,11 +50,7 @@ class Budget:
     __slots__ = ("timeout", "deadline", "cancel")
 
     def __init__(self, timeout: float | None = None, cancel: Cancel | None = None) -> None:
-        if timeout is not None and (
-            not isinstance(timeout, (int, float)) or isinstance(timeout, bool) or not timeout >= 0
-        ):
-            raise ValueError(f"timeout must be None or a number of seconds >= 0, got {timeout!r}")
-        self.timeout = timeout
+        self.timeout = timeout = check_timeout(timeout)  # math.inf: no bound, as None
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.cancel = cancel
 
@@ -74,11 +73,35 @@ def fifo_fd(path: str) -> int:
     """This process's reading end of a wake FIFO; O_RDWR so it never reports end-of-file."""
     fd = _fifos.get(path)
     if fd is None:
-        opened = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        opened = _open_fifo(path)
         fd = _fifos.setdefault(path, opened)
         if fd != opened:  # another thread opened it first
             os.close(opened)
     return fd
+
+
+def _open_fifo(path: str) -> int:
+    """Open the wake FIFO, first recreating it if it is missing or a regular file (which polls as always
+    readable: the head would spin). Only the head calls this, under the gate, so nobody races the repair."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    except IsADirectoryError:
+        raise misplaced(path, stat.S_IFDIR, "a FIFO") from None
+    if fd >= 0:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISFIFO(mode):
+            return fd
+        os.close(fd)
+        if not stat.S_ISREG(mode):
+            raise misplaced(path, mode, "a FIFO")
+        os.unlink(path)
+    try:
+        os.mkfifo(path, 0o600)
+    except FileExistsError:  # a process setting the limit up made it meanwhile
+        pass
+    return _open_fifo(path)
 
 
 def drain(fd: int) -> None:

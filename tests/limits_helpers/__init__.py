@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import sys
 import threading
@@ -26,6 +27,48 @@ def expect_line(proc: subprocess.Popen, prefix: str, timeout: float = 60.0) -> s
     line = lines[0].strip()
     assert line.startswith(prefix), f"expected {prefix!r} from the worker, got {line!r}"
     return line[len(prefix) :].strip()
+
+
+class Worker:
+    """A ``worker.py`` process whose output lines are collected by a thread, so they can be polled."""
+
+    def __init__(self, *args: object) -> None:
+        self.proc = start(*args, stdin=subprocess.PIPE)
+        self.lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        with self.proc.stdout:
+            for line in self.proc.stdout:
+                self.lines.put(line.strip())
+        self.lines.put("")  # end of output
+
+    def line(self, timeout: float = 60.0) -> str:
+        """The next line (``""`` once the process closed its output)."""
+        try:
+            return self.lines.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no line from worker {self.proc.args[2:]} within {timeout} s") from None
+
+    def poll(self) -> str | None:
+        """The next line if one came, else None."""
+        try:
+            return self.lines.get_nowait()
+        except queue.Empty:
+            return None
+
+    def send(self, text: str = "") -> None:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=60)
+        try:
+            self.proc.stdin.close()
+        except OSError:  # a pipe the dead process no longer reads
+            pass
 
 
 def wait_for(predicate, timeout: float = 30.0, what: str = "condition", interval: float = 0.005):

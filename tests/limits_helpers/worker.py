@@ -5,6 +5,12 @@ log NAME N SEED OUT [AMOUNTS]  acquire NAME N times (random amount from AMOUNTS,
 hold NAME AMOUNT [fork]        acquire, optionally fork a child that lives on (prints "child PID"), print
                                "ready", then sleep until killed
 wait NAME AMOUNT               acquire, print "granted <monotonic ns>", wait for a line on stdin, release
+serve NAME AMOUNT [TIMEOUT]    print "waiting", acquire: print "granted <since>" (the holding's epoch seconds, taken
+                               under the gate before its slot file appears) or "error <class> <message>";
+                               once granted, release on a line on stdin and print "released"
+cpu NAME AMOUNT TIMEOUT        print "waiting", acquire; print "<outcome class> <CPU seconds of the acquisition>"
+stall-publish NAME AMOUNT      acquire, but stop inside the waiting-file publication, before its rename:
+                               print "tmp <path of the .tmp- file>" and sleep until killed
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import random
 import sys
 import time
 
+from nbflow.errors import NbflowError
 from nbflow.limits import acquire
 
 
@@ -55,5 +62,43 @@ def wait(name: str, amount: str) -> None:
     holding.release()
 
 
+def serve(name: str, amount: str, timeout: str = "") -> None:
+    print("waiting", flush=True)
+    try:
+        holding = acquire(name, float(amount), timeout=float(timeout) if timeout else None, task="serve")
+    except NbflowError as exc:
+        print(f"error {type(exc).__name__} {exc}", flush=True)
+        return
+    print(f"granted {holding.since!r}", flush=True)
+    sys.stdin.readline()
+    holding.release()
+    print("released", flush=True)
+
+
+def cpu(name: str, amount: str, timeout: str) -> None:
+    print("waiting", flush=True)
+    before = time.process_time()
+    try:
+        acquire(name, float(amount), timeout=float(timeout), task="cpu").release()
+        outcome = "granted"
+    except NbflowError as exc:
+        outcome = type(exc).__name__
+    print(f"{outcome} {time.process_time() - before:.3f}", flush=True)
+
+
+def stall_publish(name: str, amount: str) -> None:
+    rename = os.rename
+
+    def stalling(src, dst, *args, **kwargs):
+        if "/waiting/.tmp-" in str(src):
+            print(f"tmp {src}", flush=True)
+            time.sleep(600)
+        return rename(src, dst, *args, **kwargs)
+
+    os.rename = stalling
+    acquire(name, float(amount), task="stalled")
+
+
 if __name__ == "__main__":
-    {"log": log, "hold": hold, "wait": wait}[sys.argv[1]](*sys.argv[2:])
+    modes = {"log": log, "hold": hold, "wait": wait, "serve": serve, "cpu": cpu, "stall-publish": stall_publish}
+    modes[sys.argv[1]](*sys.argv[2:])
