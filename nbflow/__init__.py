@@ -13,6 +13,7 @@ from .errors import (
     LimitTimeout,
     NbflowError,
     NoSuchLimit,
+    RemoteError,
     ResourceSpecError,
     SchedulerUnreachable,
     TaskTimeout,
@@ -21,8 +22,8 @@ from .errors import (
     WorkerDied,
 )
 from .futures import Future, as_completed, gather, wait
-from .limits import LimitStatus, concurrency, limit, limits
 from .options import TaskOptions
+from .semaphores import LimitStatus, concurrency, limit, limits
 from .snapshot import Occupancy
 from .tasks import Task, task
 
@@ -36,6 +37,7 @@ __all__ = [
     "NbflowError",
     "NoSuchLimit",
     "Occupancy",
+    "RemoteError",
     "ResourceSpecError",
     "SchedulerUnreachable",
     "Task",

@@ -28,7 +28,7 @@ def _fail(message: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nbflow", description="Machine-wide limits of nbflow (SPEC §4).")
+    parser = _Parser(prog="nbflow", description="Machine-wide limits of nbflow.")
     commands = parser.add_subparsers(dest="command", metavar="{limits,status}", parser_class=_Parser)
     commands.required = True
     lim = commands.add_parser("limits", help="set, list or remove this machine's limits")
@@ -47,7 +47,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0, or 2 after a one-line error)."""
     args = _parser().parse_args(argv)
-    from .limits import api as lim
+    from .semaphores import api as lim
     from .specs import check_name, parse_amount
 
     try:

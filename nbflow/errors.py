@@ -54,3 +54,30 @@ class SchedulerUnreachable(NbflowError, ConnectionError):
 
 class WorkerDied(NbflowError):
     """The child process running a task died (killed, crashed, out of memory)."""
+
+
+class RemoteError(NbflowError):
+    """A task's exception that could not be rebuilt here (its class needs other constructor arguments, or
+    cannot be imported); ``type_name``, the message and ``remote_traceback`` are kept."""
+
+    def __init__(self, type_name: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self):
+        return (type(self), (self.type_name, str(self).partition(": ")[2], self.remote_traceback))
+
+
+def portable(exc: BaseException, traceback_text: str = "") -> BaseException:
+    """``exc`` if it survives pickling to another process, else a ``RemoteError`` with its type name, message
+    and traceback text (used where a task's exception leaves the process that raised it)."""
+    import pickle
+
+    import cloudpickle
+
+    try:
+        pickle.loads(cloudpickle.dumps(exc))
+    except Exception:
+        return RemoteError(type(exc).__qualname__, str(exc), traceback_text)
+    return exc

@@ -53,6 +53,6 @@ def empty_task_counts() -> dict[str, int]:
 
 def limits_snapshot() -> list[LimitInfo]:
     """This machine's limits with their holders, as plain dicts."""
-    from .limits import limits
+    from .semaphores import limits
 
     return [dataclasses.asdict(status) for status in limits()]  # type: ignore[misc]

@@ -77,6 +77,17 @@ def boom():
     raise KeyError("missing")
 
 
+class NeedsTwo(Exception):
+    """An exception whose class cannot be rebuilt from its ``args`` (pickling calls ``NeedsTwo("x and y")``)."""
+
+    def __init__(self, a, b):
+        super().__init__(f"{a} and {b}")
+
+
+def raise_needs_two():
+    raise NeedsTwo("x", "y")
+
+
 def pipeline(n: int) -> list[int]:
     """A task that runs tasks and waits for them (nested)."""
     square = nbflow.task(lambda x: x * x, name="square")
@@ -125,6 +136,14 @@ def test_an_exception_keeps_its_type_and_message_and_the_engine_keeps_working(en
         fut.result(60)
     assert fut.status == "error" and isinstance(fut.exception(), KeyError)
     assert nbflow.task(echo).submit(1).result(60) == 1
+
+
+def test_an_exception_that_cannot_be_rebuilt_keeps_its_type_name_message_and_traceback(engine):
+    exc = nbflow.task(raise_needs_two).submit().exception(60)
+    if not isinstance(exc, NeedsTwo):  # it crossed a process boundary
+        assert isinstance(exc, nbflow.RemoteError) and exc.type_name == "NeedsTwo"
+        assert "raise_needs_two" in exc.remote_traceback
+    assert str(exc).endswith("x and y")
 
 
 # --- dependencies ------------------------------------------------------------------------------------------

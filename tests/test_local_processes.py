@@ -137,3 +137,42 @@ def test_errors_and_crashes_in_a_child_are_reported_and_the_pool_keeps_working()
     err = crashes.submit().exception(60)
     assert isinstance(err, WorkerDied) and "died with exit code 3" in str(err)
     assert fine.submit().result(60) == "fine"
+
+
+ORPHAN_PARENT = """
+import sys, time, nbflow
+nbflow.use("local", processes=True)
+nbflow.limit("GPU", 1)
+
+@nbflow.task(resources={"GPU": 1})
+def hold(path):
+    import os, time
+    with open(path + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.rename(path + ".tmp", path)
+    while True:
+        time.sleep(0.05)
+
+hold.submit(sys.argv[1])
+time.sleep(600)
+"""
+
+
+def test_a_child_dies_with_its_kernel_and_its_share_is_freed_only_then(tmp_path):
+    """The kernel alone is SIGKILLed (as the OOM killer does) while its child runs a GPU task."""
+    import psutil
+
+    pid_file = tmp_path / "child.pid"
+    kernel = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, str(pid_file)])
+    try:
+        wait_for(pid_file.exists, timeout=120, what="the task to start in the child")
+        child = psutil.Process(int(pid_file.read_text()))
+        assert gpu_used() == 1
+        kernel.kill()
+        kernel.wait(30)
+        with nbflow.concurrency("GPU", occupy=1, timeout=60):  # granted only once the child is gone
+            assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+    finally:
+        kernel.kill()
+        kernel.wait(30)
+    wait_for(lambda: not psutil.pid_exists(child.pid) or child.status() == psutil.STATUS_ZOMBIE, timeout=30)

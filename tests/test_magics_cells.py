@@ -67,6 +67,21 @@ del gone
     assert not p.shows_value
 
 
+@pytest.mark.parametrize(
+    "source, hint",
+    [
+        ("for _i in range(40):\n    total = _i\nresult = total * 2", "result"),
+        ("for _i in range(3):\n    pass", None),
+        ("with open('f') as fh:\n    data = fh.read()", None),
+        ("import os\ndef f(): pass\nx: int = 1", "x"),
+        ("n += 1", "n"),
+        ("a, b = 1, 2", "a"),
+    ],
+)
+def test_a_task_cell_is_named_after_a_top_level_assignment_never_a_loop_variable(source, hint):
+    assert plan(source).name_hint == hint
+
+
 def test_conditional_binding_still_reads_the_notebook_value():
     p = plan("if flag:\n    n = 1\nprint(n)")
     assert {"flag", "n", "print"} <= p.reads and p.outputs == ("n",)

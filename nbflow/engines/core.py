@@ -150,7 +150,7 @@ class Engine:
     def call(self, task: Runnable, args: tuple, kwargs: dict) -> Any:
         """Run ``task`` here and now, holding ``_holds(task)``; dependencies are waited for and ``retries`` and
         ``retry_delay`` apply. No ``timeout``: the caller's own thread cannot be stopped."""
-        from ..limits import acquire_all
+        from ..semaphores import acquire_all
 
         deps = find_futures((args, kwargs))
         if deps:

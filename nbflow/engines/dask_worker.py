@@ -12,13 +12,14 @@ import pickle
 import queue
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from distributed import get_client, get_worker, rejoin, secede
 from distributed.comm.addressing import get_address_host
 
-from ..errors import TaskTimeout
+from ..errors import TaskTimeout, portable
 from ..futures import set_block_hook
 from ..options import Runnable
 from .core import Engine, bind
@@ -52,6 +53,11 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         finally:
             for holding in holdings:
                 holding.release()
+    except Exception as exc:
+        sendable = portable(exc, traceback.format_exc())
+        if sendable is exc:
+            raise
+        raise sendable from None
     finally:
         _starts.end(key)
         set_block_hook(None)
@@ -148,7 +154,7 @@ def _seceded() -> Iterator[None]:
 
 
 def _acquire_limits(demands: dict, name: str) -> list:
-    from ..limits import acquire_all
+    from ..semaphores import acquire_all
 
     with _seceded():  # waiting for a machine-wide limit must not hold a worker thread
         return acquire_all(demands, task=name)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import LimitTimeout
-from ..limits import Holding, acquire_all
+from ..semaphores import Holding, acquire_all
 
 POLL = 0.5  # seconds a line waits in one acquire before it re-checks for cancellation and close
 
@@ -23,7 +23,7 @@ def check(demands: Mapping[str, float]) -> None:
 
     One ``stat`` of each capacity file: the limits module caches the parsed capacity by inode and mtime.
     """
-    from ..limits.semaphore import get_limit
+    from ..semaphores.semaphore import get_limit
 
     for name, amount in demands.items():
         get_limit(name).check(amount)

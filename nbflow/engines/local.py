@@ -176,7 +176,8 @@ class LocalEngine(Engine):
                 env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, h.slots))
         run.fut.worker = f"{thread}/pid {child.start(env)}"
         attempt.child = child
-        return functools.partial(child.run, fn, args, kwargs, env)
+        keep = [h.fileno() for h in attempt.holdings]
+        return functools.partial(child.run, fn, args, kwargs, env, keep)
 
     def _stop_timer(self, attempt: _Attempt) -> None:
         """The attempt returned: disarm its timeout, and take back the slot if the timeout had lent it."""
@@ -264,7 +265,7 @@ class LocalEngine(Engine):
 
 def _capacity_or_zero(name: str) -> float:
     from ..errors import NbflowError
-    from ..limits.semaphore import get_limit
+    from ..semaphores.semaphore import get_limit
 
     try:
         return get_limit(name).capacity()

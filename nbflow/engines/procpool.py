@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
 import signal
+import socket
+import struct
+import threading
+import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 import cloudpickle
 
-from ..errors import WorkerDied
+from ..errors import WorkerDied, portable
 
 
 class RemoteTraceback(Exception):
@@ -47,7 +53,7 @@ class ChildProcess:
         if self._proc is None:
             ctx = multiprocessing.get_context("spawn")
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(child,), name="nbflow-task", daemon=True)
+            proc = ctx.Process(target=_serve, args=(child, os.getpid()), name="nbflow-task", daemon=True)
             proc.start()
             child.close()
             self._proc, self._conn = proc, parent
@@ -55,9 +61,17 @@ class ChildProcess:
             self._devices = devices
         return self._proc.pid
 
-    def run(self, fn: Any, args: tuple, kwargs: dict, env: dict[str, str]) -> Any:
-        """Run ``fn(*args, **kwargs)`` in the child with ``env`` set; its exception is re-raised here."""
+    def run(self, fn: Any, args: tuple, kwargs: dict, env: dict[str, str], keep: Sequence[int] = ()) -> Any:
+        """Run ``fn(*args, **kwargs)`` in the child with ``env`` set; its exception is re-raised here.
+
+        ``keep`` are the locked slot-file descriptors of the shares the task holds: the child holds copies
+        while it runs, so if this process dies first, the shares stay taken until the child is gone too.
+        """
         self.start(env)
+        self._conn.send_bytes(struct.pack("!I", len(keep)))
+        if keep:
+            with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
+                socket.send_fds(sock, [b"F"], list(keep))
         self._conn.send_bytes(cloudpickle.dumps((fn, args, kwargs, env)))
         try:
             ok, value, tb = cloudpickle.loads(self._conn.recv_bytes())
@@ -95,17 +109,42 @@ class ChildProcess:
         return proc.exitcode
 
 
-def _serve(conn: Any) -> None:
+def _serve(conn: Any, parent: int) -> None:
     """The child's loop: receive a payload, run it, send back ``(ok, value, traceback text)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the notebook; the parent decides
+    threading.Thread(target=_exit_with, args=(parent,), name="nbflow-parent-watch", daemon=True).start()
     while True:
         try:
-            data = conn.recv_bytes()
+            header = conn.recv_bytes()
         except EOFError:
             return
-        if not data:
+        if not header:
             return
-        conn.send_bytes(_run(data))
+        (count,) = struct.unpack("!I", header)
+        kept: list[int] = []
+        if count:
+            with socket.socket(fileno=os.dup(conn.fileno())) as sock:
+                kept = socket.recv_fds(sock, 1, count)[1]
+        try:
+            reply = _run(conn.recv_bytes())
+        finally:
+            for fd in kept:  # the task is over: the parent releases the shares
+                os.close(fd)
+        conn.send_bytes(reply)
+
+
+def _exit_with(parent: int) -> None:
+    """Exit the moment the parent (the kernel) dies, however it dies: a task must not run on without it."""
+    try:
+        fd = os.pidfd_open(parent)
+    except (AttributeError, OSError):  # no pidfd (old kernel), or the parent is gone already
+        while os.getppid() == parent:
+            time.sleep(0.05)
+        os._exit(70)
+    if os.getppid() != parent:  # died before the pidfd was opened
+        os._exit(70)
+    select.select([fd], [], [])
+    os._exit(70)
 
 
 def _run(data: bytes) -> bytes:
@@ -116,7 +155,8 @@ def _run(data: bytes) -> bytes:
         os.environ.update(env)
         reply = (True, fn(*args, **kwargs), "")
     except BaseException as exc:
-        reply = (False, exc, traceback.format_exc())
+        text = traceback.format_exc()
+        reply = (False, portable(exc, text), text)
     finally:
         for key, old in saved.items():
             if old is None:

@@ -31,7 +31,7 @@ class CellPlan:
     reads: frozenset[str]
     outputs: tuple[str, ...]
     shows_value: bool
-    name_hint: str | None  # the first variable assigned (not imported or defined): the task's default name
+    name_hint: str | None  # the first variable a top-level assignment binds: the task's default name
 
 
 def analyze(source: str, filename: str) -> CellPlan:
@@ -41,20 +41,21 @@ def analyze(source: str, filename: str) -> CellPlan:
     bound: set[str] = set()
     reads: set[str] = set()
     outputs: dict[str, None] = {}
-    assigned: dict[str, None] = {}
+    hint: str | None = None
     for stmt in tree.body:
         start = min([stmt.lineno] + [d.lineno for d in getattr(stmt, "decorator_list", [])])
         end = stmt.end_lineno or stmt.lineno
         here = _Reads.of(stmt) | {name for line, names in nested if start <= line <= end for name in names}
         reads |= here - bound
-        binds, values = _Binds.of(stmt)
+        binds = _Binds.of(stmt)
         outputs.update(dict.fromkeys(binds))
-        assigned.update(dict.fromkeys(values))
+        if hint is None and isinstance(stmt, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+            hint = next(iter(binds), None)  # not a loop variable, an import or a definition
         if not isinstance(stmt, _MAYBE):
             bound.update(binds)
     last = tree.body[-1] if tree.body else None
     shows_value = isinstance(last, ast.Expr) and not source.rstrip().endswith(";") and not _prints(last.value)
-    return CellPlan(frozenset(reads), tuple(outputs), shows_value, next(iter(assigned), None))
+    return CellPlan(frozenset(reads), tuple(outputs), shows_value, hint)
 
 
 def _prints(expr: ast.expr) -> bool:
@@ -118,21 +119,20 @@ class _Reads(ast.NodeVisitor):
 
 
 class _Binds(ast.NodeVisitor):
-    """Names one statement binds in module scope, in order; ``values``: those bound by assignments."""
+    """Names one statement binds in module scope, in order."""
 
     def __init__(self) -> None:
         self.names: dict[str, None] = {}
-        self.values: dict[str, None] = {}
 
     @classmethod
-    def of(cls, node: ast.AST) -> tuple[list[str], list[str]]:
+    def of(cls, node: ast.AST) -> list[str]:
         visitor = cls()
         visitor.visit(node)
-        return list(visitor.names), list(visitor.values)
+        return list(visitor.names)
 
     def visit_Name(self, node: ast.Name) -> None:
         if isinstance(node.ctx, ast.Store):
-            self.names[node.id] = self.values[node.id] = None
+            self.names[node.id] = None
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> None:
         if node.value is not None:  # a bare ``x: int`` binds nothing

@@ -12,8 +12,8 @@ from IPython.display import display
 
 from .. import engines
 from ..errors import NbflowError
-from ..limits import limit, limits
 from ..options import TaskOptions
+from ..semaphores import limit, limits
 from . import args
 from .cells import CellCode, analyze
 from .taskcell import Registry, TaskCell, short_error

@@ -55,6 +55,10 @@ class Holding:
     def released(self) -> bool:
         return self._fd < 0
 
+    def fileno(self) -> int:
+        """The locked descriptor that keeps the share taken: a process holding a copy keeps it taken too."""
+        return self._fd
+
     def release(self) -> None:
         """Give the share back (unlink the visible name; the locked spare stays for reuse), wake the head."""
         with _release_lock:
