@@ -24,7 +24,7 @@ from nbflow.demo import DOWNLOAD, INFER, SAVE, ideal  # noqa: E402
 
 N_NOOP = 2000
 ROUNDS = 7
-MAP_SIZES = {10_000: 3, 100_000: 1}  # tasks: rounds (a 100,000-task round takes minutes on 2 cores)
+MAP_SIZES = {10_000: 3, 100_000: 2}  # tasks: rounds (a 100,000-task round takes over a minute on 2 cores)
 N_IMAGES = 20
 
 
@@ -91,22 +91,19 @@ def nbflow_map_round(noop_task: nbflow.Task, n: int) -> float:
     return elapsed
 
 
-def compare_map(client: distributed.Client, noop_task: nbflow.Task, n: int, rounds: int) -> None:
-    raw, ours = [], []
+def compare(what: str, ours, raw, rounds: int) -> None:
+    """Median time of ``ours()`` vs ``raw()``, alternating which goes first so drift in load hits both alike."""
+    raw_times, our_times = [], []
     for i in range(rounds):
         if i % 2:
-            ours.append(nbflow_map_round(noop_task, n))
-            raw.append(raw_map_round(client, n))
+            our_times.append(ours())
+            raw_times.append(raw())
         else:
-            raw.append(raw_map_round(client, n))
-            ours.append(nbflow_map_round(noop_task, n))
-    raw_s, ours_s = statistics.median(raw), statistics.median(ours)
-    report(
-        f"task.map on Dask vs client.map, {n} no-op tasks",
-        ours_s / raw_s,
-        1.10,
-        f"median of {rounds}: nbflow {ours_s:.3f} s, client.map {raw_s:.3f} s",
-    )
+            raw_times.append(raw())
+            our_times.append(ours())
+    raw_s, ours_s = statistics.median(raw_times), statistics.median(our_times)
+    peer = what.rsplit(" vs ", 1)[1].split(",")[0]
+    report(what, ours_s / raw_s, 1.10, f"median of {rounds}: nbflow {ours_s:.3f} s, {peer} {raw_s:.3f} s")
 
 
 def download(i):
@@ -154,24 +151,19 @@ def main() -> None:
     client = engine.client
     noop_task = nbflow.task(noop)
     raw_round(client), nbflow_round(noop_task)  # warm up: imports, pickling caches, connections
-    raw, ours = [], []
-    for i in range(ROUNDS):  # alternate the order so drift in machine load hits both alike
-        if i % 2:
-            ours.append(nbflow_round(noop_task))
-            raw.append(raw_round(client))
-        else:
-            raw.append(raw_round(client))
-            ours.append(nbflow_round(noop_task))
-    raw_s, ours_s = statistics.median(raw), statistics.median(ours)
-    report(
+    compare(
         f"nbflow on Dask vs client.submit, {N_NOOP} no-op tasks",
-        ours_s / raw_s,
-        1.10,
-        f"median of {ROUNDS}: nbflow {ours_s:.3f} s, client.submit {raw_s:.3f} s",
+        lambda: nbflow_round(noop_task),
+        lambda: raw_round(client),
+        ROUNDS,
     )
-
     for n, rounds in MAP_SIZES.items():
-        compare_map(client, noop_task, n, rounds)
+        compare(
+            f"task.map on Dask vs client.map, {n} no-op tasks",
+            lambda n=n: nbflow_map_round(noop_task, n),
+            lambda n=n: raw_map_round(client, n),
+            rounds,
+        )
 
     seed_makespan(2), raw_seed_makespan(client, 2)  # warm up
     best_possible = ideal(N_IMAGES)

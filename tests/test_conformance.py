@@ -239,8 +239,11 @@ def test_cancel_stops_a_task_that_has_not_started_but_not_a_running_one(engine, 
     later_marks = tmp_path / "later"
     later_marks.mkdir()
     pending = nbflow.task(mark, name="pending").submit(str(later_marks), running)
+    dependent = nbflow.task(mark, name="dependent").submit(str(later_marks), [pending])
     assert pending.cancel() and pending.cancelled() and pending.status == "cancelled"
     assert not running.cancel()
+    with pytest.raises(nbflow.UpstreamError, match="upstream task 'pending' failed"):
+        dependent.result(60)
     Path(release).touch()
     assert running.result(60) == "done"
     assert nbflow.wait([pending], timeout=1).done == {pending}  # wait() sees a cancelled future at once

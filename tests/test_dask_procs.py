@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import traceback
 import uuid
 from pathlib import Path
 
@@ -153,31 +152,6 @@ def test_dependencies_are_passed_as_dask_futures(engine):
     assert isinstance(a.dask, distributed.Future)
 
 
-def test_a_failed_dependency_fails_dependents_with_upstream_error(engine, tmp_path):
-    ran = tmp_path / "ran"
-
-    def explode():
-        raise ValueError("bad pixel")
-
-    def record(x):
-        ran.write_text("ran")
-        return x
-
-    first = nbflow.task(explode, name="decode").submit()
-    second = nbflow.task(record, name="infer").submit(first)
-    third = nbflow.task(record, name="save").submit([second])
-    with pytest.raises(ValueError, match="bad pixel") as info:
-        first.result(timeout=60)
-    assert "explode" in "".join(traceback.format_tb(info.value.__traceback__))  # the worker's frames
-    with pytest.raises(nbflow.UpstreamError) as up:
-        second.result(timeout=60)
-    assert up.value.failed == "decode" and "bad pixel" in str(up.value)
-    assert third.exception(timeout=60).failed == "infer"
-    assert not ran.exists()  # dependents never ran
-    assert nbflow.task(record, name="after").submit(3).result(timeout=60) == 3  # the cluster keeps working
-    assert engine.occupancy()["tasks"]["error"] == 3
-
-
 def test_cancel_drops_a_waiting_task_and_leaves_a_running_one(engine, tmp_path):
     markers = tmp_path / "started"
     markers.mkdir()
@@ -213,32 +187,6 @@ def test_timeout_fails_the_task_and_frees_the_worker(engine):
             fut.result(timeout=60)
     quick = nbflow.task(worker_name, resources={"GPU": 2}, name="quick")
     assert set(nbflow.gather(quick.map(range(2)), timeout=60)) <= GPU_WORKERS
-
-
-def test_retries_run_the_task_again(engine, tmp_path):
-    attempts = tmp_path / "attempts"
-
-    def flaky():
-        attempts.open("a").write("x")
-        if len(attempts.read_text()) < 3:
-            raise RuntimeError("transient")
-        return "ok"
-
-    assert nbflow.task(flaky, retries=2, retry_delay=0.01).submit().result(timeout=60) == "ok"
-    assert attempts.read_text() == "xxx"
-
-
-def test_a_timed_out_attempt_is_retried(engine, tmp_path):
-    attempts = tmp_path / "attempts"
-
-    def slow_once():
-        attempts.open("a").write("x")
-        if len(attempts.read_text()) == 1:
-            time.sleep(20)  # the first attempt overruns its timeout
-        return "ok"
-
-    assert nbflow.task(slow_once, timeout=1, retries=1).submit().result(timeout=60) == "ok"
-    assert attempts.read_text() == "xx"
 
 
 def test_an_existing_client_is_used_and_its_cluster_left_running(cluster):

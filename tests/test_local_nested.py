@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 
-import pytest
-
 import nbflow
 
 
@@ -24,12 +22,6 @@ def sum_of_squares(n):
 def subflows(sizes):
     """Two levels: each subflow is itself a task that submits tasks."""
     return nbflow.gather([sum_of_squares.submit(n) for n in sizes])
-
-
-@pytest.mark.parametrize("processes", [False, True])
-def test_a_task_that_gathers_its_own_tasks_completes_on_one_worker(processes):
-    nbflow.use("local", workers=1, processes=processes)
-    assert sum_of_squares.submit(4).result(60) == 0 + 1 + 4 + 9
 
 
 def test_two_levels_deep_on_one_worker():

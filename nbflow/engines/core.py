@@ -171,7 +171,6 @@ class Engine:
                 for holding in holdings:
                     holding.release()
             time.sleep(opts.retry_delay)
-        raise AssertionError("unreachable")
 
     def close(self) -> None:
         """Stop taking tasks; runs that have not started are cancelled. Returns without waiting for running
@@ -251,6 +250,8 @@ class Engine:
         """The engine reports: the attempt runs on ``worker``. False if the run was cancelled first: the engine
         then drops the attempt (it never calls ``_ended`` for it)."""
         with self._lock:
+            if not run.live:  # a late report about an attempt that has ended
+                return False
             first = not run.claimed
             run.claimed = True
         if first and not run.fut.claim():
