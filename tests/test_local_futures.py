@@ -63,3 +63,14 @@ def test_a_task_travels_by_value_with_all_its_options():
     task = nbflow.task(lambda x: x + 1, name="n", resources={"GPU": 1}, limits="disk=2", retries=2, timeout=3)
     copy = cloudpickle.loads(cloudpickle.dumps(task.with_options(retry_delay=0.5)))
     assert copy.options == task.with_options(retry_delay=0.5).options and copy.fn(1) == 2
+
+
+def test_a_self_referential_argument_is_passed_as_it_is_unless_it_holds_futures():
+    loop = [1]
+    loop.append(loop)
+    assert nbflow.task(lambda xs: xs[1] is xs).submit(loop).result(30)
+    fut = nbflow.task(lambda: 1).submit()
+    cyclic = [fut]
+    cyclic.append(cyclic)
+    with pytest.raises(nbflow.ResourceSpecError, match="contains itself and holds futures"):
+        nbflow.task(len).submit(cyclic)
