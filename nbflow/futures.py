@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .errors import UpstreamError
+from .errors import ResourceSpecError, UpstreamError
 
 STATUSES = ("pending", "waiting", "running", "finished", "error", "cancelled")
 
@@ -188,8 +188,6 @@ def substitute(obj: Any, replace: Callable[[Future], Any], _path: frozenset[int]
     if not isinstance(obj, (list, tuple, set, frozenset, dict)) or not find_futures(obj):
         return obj
     if id(obj) in _path:
-        from .errors import ResourceSpecError
-
         raise ResourceSpecError(
             f"a task argument of type {type(obj).__name__} contains itself and holds futures: pass the futures"
             " in a container without cycles"
