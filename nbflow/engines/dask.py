@@ -281,9 +281,9 @@ class DaskEngine(Engine):
     # -- shutdown -----------------------------------------------------------------------------------
 
     def _shutdown(self) -> None:
-        """Cancel every unfinished task; close the client and cluster if this engine started them, in the
-        background. A client passed in by the caller stays open (its owner closes it); the unfinished tasks
-        are cancelled on it in one call."""
+        """Cancel every unfinished task; close the client and cluster if this engine started them (in the
+        background if tasks were still running). A client passed in by the caller stays open (its owner closes
+        it); the unfinished tasks are cancelled on it in one call."""
         with self._lock:
             live, self._live = list(self._live.values()), {}
         for run in live:
@@ -294,9 +294,12 @@ class DaskEngine(Engine):
             self.client.cancel([run.fut.dask for run in live])
         if self._watching:
             self.client.unsubscribe_topic("all")
-        if self._owns_client:
-            # A thread worker still running a task makes closing take up to 30 s: do it in the background.
+        if not self._owns_client:
+            return
+        if live:  # a thread worker still running a task makes closing take up to 30 s: do it in the background
             threading.Thread(target=self._close_cluster, name="nbflow-dask-close", daemon=True).start()
+        else:
+            self._close_cluster()
 
     def _close_cluster(self) -> None:
         self.client.close()
