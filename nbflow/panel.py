@@ -104,12 +104,14 @@ class _Poller:
         return self._thread
 
     def add(self, panel: Monitor) -> None:
+        start = None
         with self._wake:
             self._panels.add(panel)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="nbflow-monitor", daemon=True)
-                self._thread.start()
+                start = self._thread = threading.Thread(target=self._run, name="nbflow-monitor", daemon=True)
             self._wake.notify()
+        if start is not None:  # outside the lock: a panel collected meanwhile (__del__ closes it) takes it too
+            start.start()
 
     def remove(self, panel: Monitor) -> None:
         with self._wake:
@@ -123,8 +125,8 @@ class _Poller:
         with self._wake:
             thread, self._thread = self._thread, None
             self._wake.notify()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
+        if thread is not None and thread is not threading.current_thread() and thread.ident is not None:
+            thread.join(timeout)  # (one not started yet ends at once when it starts: it is no longer current)
 
     def _due(self) -> list[Monitor] | None:
         """The panels due now; waits until one is. ``None`` once this thread should end."""

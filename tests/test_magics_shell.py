@@ -124,8 +124,8 @@ def test_limits_status_and_monitor(ip, capsys):
 
 def test_thread_engine_streams_output_while_the_cell_runs(ip):
     cell = task(ip, "print('step 1')\ngate.wait(60)\nprint('step 2')\nstreamed = 1")
-    eventually(lambda: cell.view._shown["text/plain"].endswith("\nstep 1"))
-    assert cell.view._shown["text/plain"].startswith("[nbflow] streamed: running")
+    eventually(lambda: cell.view._shown[1]["text/plain"] == "step 1")  # the status line, then what it printed
+    assert cell.view._shown[0]["text/plain"].startswith("[nbflow] streamed: running")
     ip.user_ns["gate"].set()
     ip.run_line_magic("nbflow", "wait")
-    assert cell.view._shown["text/plain"].split("\n")[1:] == ["step 1", "step 2"]
+    assert cell.view._shown[1]["text/plain"].split("\n") == ["step 1", "step 2"]

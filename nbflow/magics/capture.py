@@ -1,22 +1,43 @@
-"""Per-thread capture of ``sys.stdout``/``sys.stderr`` for task cells.
+"""Per-thread capture of what a task cell shows: ``sys.stdout``/``sys.stderr`` and ``display()``.
 
 A task cell may run in a thread of the kernel next to the notebook's own code, so swapping
 ``sys.stdout`` (``contextlib.redirect_stdout``) would steal every other thread's output. Instead the
-process-wide streams are wrapped once by a router that sends a write to the calling thread's buffer if
-that thread is capturing, and to the original stream otherwise.
+process-wide streams, and the shell's display publisher, are wrapped once by routers that send what the
+calling thread shows to that thread's collectors if it is capturing, and on as before otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
-import io
 import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
+from .terminal import Screen
+
 _local = threading.local()
 _install_lock = threading.Lock()
+
+
+class Displays:
+    """The rich outputs a cell made (mimebundles), in order; one updated by its display id changes in place."""
+
+    def __init__(self) -> None:
+        self.items: list[dict[str, Any]] = []
+        self._where: dict[str, int] = {}
+        self.version = 0  # bumps at every change, so a viewer redraws only when something changed
+
+    def add(self, data: dict[str, Any], display_id: str | None = None, update: bool = False) -> None:
+        if update:
+            if display_id not in self._where:
+                return
+            self.items[self._where[display_id]] = data
+        else:
+            if display_id:
+                self._where[display_id] = len(self.items)
+            self.items.append(data)
+        self.version += 1
 
 
 class _Router:
@@ -44,23 +65,57 @@ class _Router:
         return getattr(self._inner, name)
 
 
+class _Publisher:
+    """Stands in for the shell's display publisher: a capturing thread's ``display()`` goes to its list
+    (it would otherwise land under whichever cell runs at that moment)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def publish(self, data: dict[str, Any], metadata: Any = None, **kwargs: Any) -> None:
+        displays = getattr(_local, "displays", None)
+        if displays is None:
+            self._inner.publish(data, metadata, **kwargs)
+        else:
+            displays.add(data, (kwargs.get("transient") or {}).get("display_id"), bool(kwargs.get("update")))
+
+    def __getattr__(self, name: str) -> Any:  # clear_output, set_parent, session, ...
+        return getattr(self._inner, name)
+
+
 def _install() -> None:
     with _install_lock:
         for slot in ("stdout", "stderr"):
             stream = getattr(sys, slot)
             if not isinstance(stream, _Router):
                 setattr(sys, slot, _Router(stream, slot))
+        shell = running_shell()
+        if shell is not None and not isinstance(shell.display_pub, _Publisher):
+            shell.display_pub = _Publisher(shell.display_pub)
+
+
+def running_shell() -> Any:
+    """The running IPython shell, if this process has one (not on a worker without IPython)."""
+    shell_class = getattr(sys.modules.get("IPython.core.interactiveshell"), "InteractiveShell", None)
+    if shell_class is None or not shell_class.initialized():  # (None also while another thread imports it)
+        return None
+    return shell_class.instance()
 
 
 @contextlib.contextmanager
-def capture() -> Iterator[tuple[io.StringIO, io.StringIO]]:
-    """Collect what the calling thread prints (stdout, stderr) while the block runs."""
-    if not isinstance(sys.stdout, _Router) or not isinstance(sys.stderr, _Router):
+def capture() -> Iterator[tuple[Screen, Screen, Displays]]:
+    """Collect what the calling thread prints (stdout, stderr, as a terminal shows them) and displays."""
+    shell = running_shell()
+    if (
+        not isinstance(sys.stdout, _Router)
+        or not isinstance(sys.stderr, _Router)
+        or (shell is not None and not isinstance(shell.display_pub, _Publisher))
+    ):
         _install()
-    saved = getattr(_local, "stdout", None), getattr(_local, "stderr", None)
-    out, err = io.StringIO(), io.StringIO()
-    _local.stdout, _local.stderr = out, err
+    saved = getattr(_local, "stdout", None), getattr(_local, "stderr", None), getattr(_local, "displays", None)
+    out, err, displays = Screen(), Screen(), Displays()
+    _local.stdout, _local.stderr, _local.displays = out, err, displays
     try:
-        yield out, err
+        yield out, err, displays
     finally:
-        _local.stdout, _local.stderr = saved
+        _local.stdout, _local.stderr, _local.displays = saved

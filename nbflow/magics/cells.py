@@ -8,13 +8,15 @@ from __future__ import annotations
 import ast
 import builtins
 import dataclasses
-import io
 import linecache
 import symtable
 import traceback
+import warnings
 from typing import Any
 
-from .capture import capture
+from . import figures
+from .capture import Displays, capture, running_shell
+from .terminal import Screen
 
 # Statements whose bindings may not happen: a name they bind may still be read from the notebook later.
 _MAYBE = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With, ast.AsyncWith, ast.Match)
@@ -183,7 +185,9 @@ class _Binds(ast.NodeVisitor):
 class CellCode:
     """A task cell as a picklable callable: ``CellCode(...)(**inputs)`` runs it in a fresh namespace.
 
-    Returns ``{"outputs": {name: value}, "stdout": str, "stderr": str, "value": mimebundle or None}``.
+    Returns ``{"outputs": {name: value}, "stdout": str, "stderr": str, "displays": [mimebundle], "value":
+    mimebundle or None}``: ``displays`` are what it showed with ``display()``, ``plt.show()`` or figures it left
+    open (each closed, so that no later cell shows it again).
     On failure the exception is re-raised with ``exc._nbflow_cell = {"traceback", "stdout", "stderr"}``,
     the traceback formatted where it ran, against the cell's own source and line numbers.
     """
@@ -193,21 +197,39 @@ class CellCode:
         self.filename = filename
         self.outputs = outputs
         self.shows_value = shows_value
-        self._live: tuple[io.StringIO, io.StringIO] | None = None
+        self._live: tuple[Screen, Screen, Displays] | None = None
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_live": None}  # output buffers stay in the process that runs the cell
 
-    def live(self) -> dict[str, str]:
-        """What the cell printed so far, when it runs in this process (thread engine); else nothing."""
-        buffers = self._live
-        return {"stdout": buffers[0].getvalue(), "stderr": buffers[1].getvalue()} if buffers else {}
+    def live(self, lines: int) -> dict[str, str]:
+        """The last ``lines`` lines the cell printed so far, when it runs in this process (thread engine), each
+        stream led by a note of how many earlier lines are left out; else nothing."""
+        screens = self._live
+        if screens is None:
+            return {}
+        shown = {}
+        for kind, screen in zip(("stdout", "stderr"), screens[:2], strict=True):
+            hidden, text = screen.tail(lines)
+            note = f"[nbflow] ... {hidden} earlier lines (all of them show when the cell ends)\n" if hidden else ""
+            shown[kind] = note + text
+        return shown
+
+    def live_displays(self) -> Displays | None:
+        """What the cell displayed so far, when it runs in this process (thread engine); else None."""
+        screens = self._live
+        return screens[2] if screens is not None else None
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()
-        with capture() as (out, err):
-            self._live = out, err
+        if running_shell() is None:
+            figures.headless()
+        with capture() as (out, err, displays), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")  # plt.show() where none shows
+            self._live = out, err, displays
+            before = figures.open_now()
+            value = None
             try:
                 exec(body, namespace)
                 value = eval(last, namespace) if last is not None else None
@@ -215,12 +237,22 @@ class CellCode:
             except BaseException as exc:
                 exc._nbflow_cell = {  # type: ignore[attr-defined]
                     "traceback": self._format(exc),
-                    "stdout": out.getvalue(),
-                    "stderr": err.getvalue(),
+                    "stdout": out.text(),
+                    "stderr": err.text(),
+                    "displays": displays.items,
                 }
                 raise
+            finally:
+                for bundle in figures.close_new(before, value):
+                    displays.add(bundle)
         outputs = {name: namespace[name] for name in self.outputs if name in namespace}
-        return {"outputs": outputs, "stdout": out.getvalue(), "stderr": err.getvalue(), "value": shown}
+        return {
+            "outputs": outputs,
+            "stdout": out.text(),
+            "stderr": err.text(),
+            "displays": displays.items,
+            "value": shown,
+        }
 
     def _compile(self) -> tuple[Any, Any]:
         tree = ast.parse(self.source, self.filename)
@@ -254,10 +286,15 @@ def pick(result: dict[str, Any], name: str) -> Any:
 
 
 def mimebundle(value: Any) -> dict[str, Any]:
-    """How to show a cell's last value, computed where it ran (the value itself may not travel)."""
+    """How to show a cell's last value, computed where it ran (the value itself may not travel): with the
+    kernel's own formatters in a thread of the kernel, else IPython's defaults; a matplotlib figure as PNG."""
     try:
         from IPython.core.formatters import DisplayFormatter
     except ImportError:  # a worker without IPython
-        return {"text/plain": repr(value)}
-    data, _ = DisplayFormatter().format(value)
+        data: dict[str, Any] = {"text/plain": repr(value)}
+    else:
+        shell = running_shell()
+        data, _ = (shell.display_formatter if shell is not None else DisplayFormatter()).format(value)
+    if "image/png" not in data and figures.is_figure(value):
+        data = figures.bundle(value)
     return data

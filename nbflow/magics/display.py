@@ -11,61 +11,91 @@ import html
 import threading
 from typing import Any
 
+from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import DisplayHandle, display
 
-_STREAM_STYLE = {
-    "stdout": "margin:2px 0",
-    "stderr": "margin:2px 0;background:#fdd",
-    "traceback": "margin:2px 0;background:#fdd;color:#800",
-}
+LIVE_LINES = 100  # lines of each stream shown while a cell runs; all of them show once it ends
 
 
-def render(title: str, state: str, streams: dict[str, str]) -> dict[str, str]:
-    """The status line and the cell's output streams as one text/plain + text/html bundle."""
-    head = f"[nbflow] {title}: {state}"
-    shown = {kind: text for kind, text in streams.items() if text}
-    plain = "\n".join([head, *(text.rstrip("\n") for text in shown.values())])
-    blocks = "".join(
-        f'<pre style="{_STREAM_STYLE[kind]}">{html.escape(text.rstrip(chr(10)))}</pre>' for kind, text in shown.items()
-    )
-    status = f'<div style="font-family:monospace;color:#555">[nbflow] <b>{html.escape(title)}</b>: '
-    return {"text/plain": plain, "text/html": f"{status}{html.escape(state)}</div>{blocks}"}
+def status(title: str, state: str) -> dict[str, str]:
+    """The status line as a text/plain + text/html bundle."""
+    head = f'<div style="font-family:monospace;color:#555">[nbflow] <b>{html.escape(title)}</b>: '
+    return {"text/plain": f"[nbflow] {title}: {state}", "text/html": f"{head}{html.escape(state)}</div>"}
+
+
+def streams_bundle(streams: dict[str, str]) -> dict[str, str]:
+    """stdout, stderr and a traceback, in that order, as text/plain only: the front-end renders ANSI colours,
+    and the text is sent and saved once, not once more as HTML."""
+    return {"text/plain": "\n".join(text.rstrip("\n") for text in streams.values() if text)}
+
+
+def compose(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """A cell's rich outputs (``display()``, figures, its last value) as one bundle. One is shown as it is (a
+    figure as PNG, a widget as a widget); several are laid out in order as HTML, with their texts as the
+    text/plain fallback."""
+    if len(items) <= 1:
+        return items[0] if items else {"text/plain": ""}
+    html_parts, plain_parts = [], []
+    for item in items:
+        plain_parts.append(item.get("text/plain", ""))
+        if "text/html" in item:
+            html_parts.append(item["text/html"])
+        elif "image/png" in item or "image/jpeg" in item:
+            kind = "png" if "image/png" in item else "jpeg"
+            html_parts.append(f'<img src="data:image/{kind};base64,{item["image/" + kind]}">')
+        else:
+            html_parts.append(f'<pre style="margin:2px 0">{html.escape(item.get("text/plain", ""))}</pre>')
+    return {"text/html": "".join(html_parts), "text/plain": "\n".join(plain_parts)}
+
+
+def current_request() -> str | None:
+    """The id of the request that output sent now goes with (the cell the kernel runs, or ran last)."""
+    shell = InteractiveShell.instance()
+    return (getattr(shell.display_pub, "parent_header", None) or {}).get("msg_id")
 
 
 class CellView:
-    """A task cell's displays: the status line (with stdout, stderr, traceback) and its last value."""
+    """A task cell's displays: the status line, what it printed (stdout, stderr, traceback), and what it
+    showed (``display()``, figures, its last value). All are made while the submitting cell runs, because only
+    those displays can be redrawn under it later."""
 
-    def __init__(self, title: str, shows_value: bool) -> None:
+    def __init__(self, title: str) -> None:
         self.title = title
-        self._status = DisplayHandle()
-        self._value = DisplayHandle() if shows_value else None
-        self._shown: dict[str, Any] | None = None
-        self._value_shown: dict[str, Any] | None = None
+        self._handles = (DisplayHandle(), DisplayHandle(), DisplayHandle())  # status, streams, rich outputs
+        self._shown: list[dict[str, Any]] = []
         self._lock = threading.Lock()
+        self.final_request: str | None = None  # the request whose header the final drawing went with
 
     def show(self, state: str) -> None:
         """Create the displays; call this in the submitting cell, from the kernel's main thread."""
-        self._shown = render(self.title, state, {})
-        display(self._shown, raw=True, display_id=self._status.display_id)
-        if self._value is not None:
-            self._value_shown = {"text/plain": ""}
-            display(self._value_shown, raw=True, display_id=self._value.display_id)
-
-    def update(self, state: str, streams: dict[str, str] | None = None, value: dict[str, Any] | None = None) -> None:
-        """Redraw in place (from any thread) if something changed."""
-        bundle = render(self.title, state, streams or {})
         with self._lock:
-            if bundle != self._shown:
-                self._shown = bundle
-                self._status.update(bundle, raw=True)
-            if value is not None and self._value is not None and value != self._value_shown:
-                self._value_shown = value
-                self._value.update(value, raw=True)
+            self._shown = [status(self.title, state), streams_bundle({}), {"text/plain": ""}]
+            for handle, bundle in zip(self._handles, self._shown, strict=True):
+                display(bundle, raw=True, display_id=handle.display_id)
+
+    def update(
+        self,
+        state: str,
+        streams: dict[str, str] | None = None,
+        rich: list[dict[str, Any]] | None = None,
+        final: bool = False,
+    ) -> None:
+        """Redraw in place (from any thread) what changed, or everything when ``final`` (then all of it goes
+        with one request's header); ``rich`` None leaves the rich outputs as they are."""
+        with self._lock:
+            if not self._shown:
+                return
+            if final:  # read before sending: if the kernel moves on meanwhile, the cell is only drawn once more
+                self.final_request = current_request()
+            bundles = [status(self.title, state), streams_bundle(streams or {})]
+            bundles.append(compose(rich) if rich is not None else self._shown[2])
+            for i, (handle, bundle) in enumerate(zip(self._handles, bundles, strict=True)):
+                if final or bundle != self._shown[i]:
+                    self._shown[i] = bundle
+                    handle.update(bundle, raw=True)
 
     def republish(self) -> None:
         """Send the current state again: a front-end such as nbclient drops updates sent between two cells."""
         with self._lock:
-            if self._shown is not None:
-                self._status.update(self._shown, raw=True)
-            if self._value is not None and self._value_shown is not None:
-                self._value.update(self._value_shown, raw=True)
+            for handle, bundle in zip(self._handles, self._shown, strict=False):
+                handle.update(bundle, raw=True)

@@ -16,6 +16,7 @@ from ..options import TaskOptions
 from ..semaphores import limit, limits
 from . import args
 from .cells import CellCode, analyze
+from .display import current_request
 from .taskcell import Registry, TaskCell, short_error
 
 
@@ -163,8 +164,10 @@ class NbflowMagics(Magics):
             raise short_error(cell.error, report.get("traceback"))
         if cell.outcome == "cancelled":
             print(f"nbflow: task cell {cell.name!r} was cancelled", file=sys.stderr)
-        elif report.get("value") is not None:
-            display(report["value"], raw=True)
+        else:
+            for bundle in report.get("displays", []) + [report.get("value")]:
+                if bundle is not None:
+                    display(bundle, raw=True)
 
     def _wait_for(self, cells: list[TaskCell]) -> None:
         try:
@@ -172,8 +175,12 @@ class NbflowMagics(Magics):
                 cell.settled.wait()
         except KeyboardInterrupt as exc:
             raise short_error(exc, _interrupted(cells)) from None
+        # A cell drawn for the last time while this one ran went with its header, which every front-end takes
+        # in; nbclient drops what went with an earlier cell's header once that cell is done: draw those again.
+        this = current_request()
         for cell in cells:
-            cell.republish()
+            if cell.view is not None and cell.view.final_request != this:
+                cell.republish()
         failed = [f"{cell.name} ({type(cell.error).__name__})" for cell in cells if cell.error is not None]
         if failed:
             print(f"nbflow: {len(failed)} task cell(s) failed: {', '.join(failed)}", file=sys.stderr)

@@ -20,7 +20,7 @@ from ..futures import Future, find_futures
 from ..options import TaskOptions
 from ..tasks import Task
 from .cells import CellCode, CellPlan, pick
-from .display import CellView
+from .display import LIVE_LINES, CellView
 
 TICK = 0.25  # seconds between status-line refreshes while task cells are unfinished
 
@@ -57,6 +57,7 @@ class TaskCell:
         self.report: dict[str, Any] = {}  # stdout, stderr, traceback, value once settled
         self._submitted = time.monotonic()
         self._ended = 0.0
+        self._rich_version = -1  # the version of the live displays last drawn
         self._lock = threading.Lock()
 
     def submit(self, inputs: dict[str, Any]) -> None:
@@ -77,7 +78,7 @@ class TaskCell:
     def attach_view(self) -> None:
         """Show the status line under the running cell (main thread), then keep it up to date."""
         with self._lock:
-            self.view = CellView(self.name, self.plan.shows_value)
+            self.view = CellView(self.name)
             self.view.show(self.state())
             if self.outcome:
                 self._draw()
@@ -101,7 +102,11 @@ class TaskCell:
         """Redraw the status line, and output printed so far, if they changed (called by the ticker)."""
         with self._lock:
             if self.view is not None and not self.outcome:
-                self.view.update(self.state(), self.code.live())
+                displays = self.code.live_displays()
+                rich = None
+                if displays is not None and displays.version != self._rich_version:
+                    self._rich_version, rich = displays.version, list(displays.items)
+                self.view.update(self.state(), self.code.live(LIVE_LINES), rich)
 
     def _finish(self, fut: Future) -> None:
         """Done callback (any thread): rebind outputs, show the cell's output, wake ``%nbflow wait``."""
@@ -141,7 +146,9 @@ class TaskCell:
     def _draw(self) -> None:
         streams = {kind: self.report.get(kind, "") for kind in ("stdout", "stderr", "traceback")}
         assert self.view is not None
-        self.view.update(self.state(), streams, self.report.get("value"))
+        value = self.report.get("value")
+        rich = self.report.get("displays", []) + ([value] if value else [])
+        self.view.update(self.state(), streams, rich, final=True)
 
     def republish(self) -> None:
         with self._lock:

@@ -1,0 +1,56 @@
+"""Matplotlib figures a task cell makes: shown as PNG under that cell, then closed, so no later cell shows them.
+
+Nothing here imports matplotlib: a cell that never imported ``matplotlib.pyplot`` costs a dict lookup.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import sys
+from typing import Any
+
+_INLINE = "module://matplotlib_inline"
+
+
+def is_figure(value: Any) -> bool:
+    return type(value).__module__ == "matplotlib.figure" and hasattr(value, "savefig")
+
+
+def bundle(fig: Any) -> dict[str, Any]:
+    """A figure as an ordinary cell shows it: PNG, with its repr as the text."""
+    png = io.BytesIO()
+    fig.savefig(png, format="png", bbox_inches="tight")
+    return {"image/png": base64.b64encode(png.getvalue()).decode("ascii"), "text/plain": repr(fig)}
+
+
+def headless() -> None:
+    """Where no kernel shows figures (a child process, a Dask worker), draw them with Agg: the notebook's
+    inline backend, inherited through the environment, would print ``<Figure ...>`` and drop them."""
+    if os.environ.get("MPLBACKEND", "").startswith(_INLINE):
+        os.environ["MPLBACKEND"] = "agg"
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is not None and pyplot.get_backend().startswith(_INLINE):
+        pyplot.switch_backend("agg")
+
+
+def open_now() -> set[int]:
+    """The numbers of the figures pyplot has open."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    return set(pyplot.get_fignums()) if pyplot is not None else set()
+
+
+def close_new(before: set[int], shown: Any = None) -> list[dict[str, Any]]:
+    """Close the figures opened since ``before``; returns them as PNG bundles, in the order they were made,
+    but for ``shown`` (the cell's last value, shown as such)."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return []
+    bundles = []
+    for number in sorted(set(pyplot.get_fignums()) - before):
+        fig = pyplot.figure(number)
+        if fig is not shown:
+            bundles.append(bundle(fig))
+        pyplot.close(fig)
+    return bundles
