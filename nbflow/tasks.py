@@ -66,23 +66,16 @@ def task(fn=None, /, *, name=None, resources=None, limits=None, retries=0, retry
 
     Options are checked here, so a bad one fails at the decorator, not when the task first runs.
     """
-    options = None if fn is not None else _options(name, resources, limits, retries, retry_delay, timeout)
-
-    def wrap(f: Callable[..., Any]) -> Task:
-        opts = options or _options(name, resources, limits, retries, retry_delay, timeout, f)
-        if options is not None and name is None:
-            opts = changed(opts, {"name": getattr(f, "__name__", "task")})
-        return Task(f, opts)
-
-    return wrap(fn) if fn is not None else wrap
-
-
-def _options(name, resources, limits, retries, retry_delay, timeout, fn=None) -> TaskOptions:
-    return TaskOptions(
-        name=name or getattr(fn, "__name__", "task"),
+    options = TaskOptions(
+        name=name or "task",
         resources=resources or {},
         limits=limits or {},
         retries=retries,
         retry_delay=retry_delay,
         timeout=timeout,
     )
+
+    def wrap(f: Callable[..., Any]) -> Task:
+        return Task(f, options if name else changed(options, {"name": getattr(f, "__name__", "task")}))
+
+    return wrap(fn) if fn is not None else wrap
