@@ -137,3 +137,17 @@ def test_a_child_process_sends_its_figures_back_as_png_and_leaves_none_open(kern
     assert printed == "drawn"  # no 'non-interactive' warning from plt.show() where nothing shows
     closed = "import matplotlib.pyplot as plt\nprint(type(fig).__name__, plt.get_fignums())"
     assert kernel.run(closed).stream("stdout") == "Figure []\n"  # the output value does not reopen in pyplot
+
+
+def test_a_figure_a_task_cell_assigns_on_dask_workers_comes_back_closed(kernel):
+    setup = "%matplotlib inline\nimport nbflow\nnbflow.use('dask', n_workers=1, threads_per_worker=1, processes=True)"
+    assert kernel.run(setup).reply["status"] == "ok"
+    cell = "%%nbflow task --name plot\nimport matplotlib.pyplot as plt\nfig, ax = plt.subplots()\nax.plot([1, 3])"
+    task = kernel.run(cell)
+    assert kernel.run("%nbflow wait").reply["status"] == "ok"
+    after = kernel.run("import matplotlib.pyplot as plt\nprint(type(fig).__name__, plt.get_fignums())")
+    assert after.stream("stdout") == "Figure []\n"  # unpickled in the kernel, it did not join pyplot again
+    assert [m for m in after.messages if m["msg_type"] in ("display_data", "execute_result")] == []
+    shown = rich_outputs(kernel, task.display_ids())  # shown under the task cell instead, before its last value
+    assert shown["text/html"].startswith('<img src="data:image/png;base64,') and "Line2D" in shown["text/plain"]
+    kernel.run("nbflow.use('local')")
