@@ -188,3 +188,22 @@ def test_done_callbacks_run_outside_dasks_loop_so_they_may_block():
     assert value == 5 and thread != "IO loop"
     fut.add_done_callback(lambda f: seen.put((threading.current_thread().name, f.result())))  # already done
     assert seen.get(timeout=60) == (threading.current_thread().name, 5)
+
+
+def test_a_running_task_reads_running_on_its_worker_name_with_nobody_asking(tmp_path):
+    nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
+    release = tmp_path / "release"
+
+    def hold() -> str:
+        import os
+        import time
+
+        while not os.path.exists(release):
+            time.sleep(0.01)
+        return str(distributed.get_worker().name)
+
+    fut = nbflow.task(hold).submit()
+    wait_for(lambda: fut.status == "running", timeout=60)  # reported by the worker, no occupancy() call
+    assert fut.worker == "0"  # the worker's name, as occupancy() shows it, not its address
+    release.touch()
+    assert fut.result(60) == "0"

@@ -108,7 +108,8 @@ def test_limits_status_and_monitor(ip, capsys):
     assert "no limits set on this machine" in capsys.readouterr().out
     ip.run_line_magic("nbflow", "limit GPU 2")
     cell = task(ip, "gate.wait(60)\nheld = 1", "--resources GPU=1")
-    eventually(lambda: cell.state().startswith("running"))
+    # drawn (a shell without a kernel prints display updates): no later redraw lands in what is read below
+    eventually(lambda: "held: running" in cell.view._shown[0]["text/plain"])
     capsys.readouterr()
     ip.run_line_magic("nbflow", "limits")
     shown = capsys.readouterr().out

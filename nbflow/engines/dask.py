@@ -163,7 +163,7 @@ class DaskEngine(Engine):
 
     def _on_started(self, event: tuple[float, dict]) -> None:
         """Workers report attempts that have been running a moment (see ``dask_worker.Starts``)."""
-        worker = event[1]["worker"]
+        worker = event[1]["name"]
         for key in event[1]["keys"]:
             run = self._live.get(key)
             if run is not None and not run.fut.done():

@@ -107,7 +107,8 @@ class Starts:
                 if since <= due and self._running.pop(key, None) is not None:
                     by_worker.setdefault(worker, []).append(key)
             for worker, keys in by_worker.items():
-                worker.log_event(STARTED_TOPIC, {"worker": str(worker.name), "keys": keys})
+                # (the scheduler sets "worker" to the worker's address: the name goes under another key)
+                worker.log_event(STARTED_TOPIC, {"name": str(worker.name), "keys": keys})
             if not self._running:
                 self._wake.clear()
                 if self._running:  # one began between the check and the clear
