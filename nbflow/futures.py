@@ -48,7 +48,7 @@ def new_key(name: str) -> str:
 
 
 class Future(cf.Future):
-    """The result of a submitted task; also exposes ``name``, ``key``, ``status`` and ``worker``."""
+    """The result of a submitted task; also exposes ``name``, ``key``, ``status``, ``worker`` and ``attempt``."""
 
     def __init__(self, name: str, key: str | None = None) -> None:
         super().__init__()
@@ -56,6 +56,7 @@ class Future(cf.Future):
         self.key = key or new_key(name)
         self.worker: str | None = None  # where the task ran (or runs), once known
         self.phase = "pending"  # pending | waiting | running, set by the engine while not done
+        self.attempt = 0  # the attempt running or next to run: 1 once the first failure is to be retried
         self.on_cancel: Callable[[], object] | None = None  # the engine's hook, run once when cancel() succeeds
         self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
 

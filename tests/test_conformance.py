@@ -175,7 +175,8 @@ def test_a_failed_dependency_fails_its_dependents_with_upstream_error_and_they_n
 
 def test_retries_run_failed_attempts_again_and_the_last_error_is_final(engine, spot, tmp_path):
     marks, _ = spot
-    assert nbflow.task(flaky, retries=2).submit(marks, 2).result(60) == 3
+    fut = nbflow.task(flaky, retries=2).submit(marks, 2)
+    assert fut.result(60) == 3 and fut.attempt == 2
     again = tmp_path / "again"
     again.mkdir()
     with pytest.raises(OSError, match="attempt 2 failed"):
@@ -187,7 +188,8 @@ def test_a_retry_delay_holds_nothing_while_the_task_is_pending(engine, spot):
     marks, _ = spot
     nbflow.limit("conf", 1)
     fut = nbflow.task(flaky, limits={"conf": 1}, retries=1, retry_delay=600).submit(marks, 1)
-    wait_for(lambda: calls(marks) == 1 and _used("conf") == 0, timeout=60)  # the first attempt failed
+    wait_for(lambda: fut.attempt == 1, timeout=60)  # the first attempt failed and will be retried
+    assert fut.status == "pending" and calls(marks) == 1 and _used("conf") == 0
     other = nbflow.task(echo, limits={"conf": 1}).submit("ran during the delay")
     assert other.result(60) == "ran during the delay"
     assert fut.status == "pending" and calls(marks) == 1

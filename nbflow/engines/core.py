@@ -277,6 +277,7 @@ class Engine:
             )
             if retry:
                 run.attempt += 1
+                run.fut.attempt = run.attempt
                 first, run.claimed = not run.claimed, True
         if retry and first and not run.fut.claim():  # it ran (briefly, unreported): no longer cancellable
             return  # cancelled just now
