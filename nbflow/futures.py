@@ -82,18 +82,19 @@ class Future(cf.Future):
         return super().exception(timeout)
 
     def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:
-        # ``_condition`` is the base class's lock: no public API makes "no callback yet, so set the
-        # result here" atomic with a concurrent add_done_callback (see ``set_result_unwatched``).
+        # ``_condition`` is the base class's lock: no public API makes "no callback yet, so set the result
+        # here" atomic with a concurrent add_done_callback (see ``set_result_unwatched``).
         with self._condition:
             self._watched = True
             super().add_done_callback(fn)
 
-    def set_result_unwatched(self, value: Any) -> bool:
-        """Set the result only if no done-callback waits for it, so none runs in the caller's thread (an
-        event loop); True if set. A callback added later sees the future done and runs in its own thread."""
+    def set_result_unwatched(self, value: Any, before: Callable[[], object]) -> bool:
+        """Set the result only if no done-callback waits for it, so none runs in the caller's thread (an event
+        loop), after ``before()`` (counting it); True if set. A callback added later runs in its own thread."""
         with self._condition:
-            if self._watched:
+            if self._watched or self.done():
                 return False
+            before()
             self.set_result(value)
             return True
 

@@ -147,11 +147,13 @@ nbflow.limit("GPU", 1)
 @nbflow.task(resources={"GPU": 1})
 def hold(path):
     import os, time
-    with open(path + ".tmp", "w") as f:
-        f.write(str(os.getpid()))
-    os.rename(path + ".tmp", path)
-    while True:
-        time.sleep(0.05)
+    beats = 0
+    while True:  # a heartbeat: the task's code runs as long as this file changes
+        beats += 1
+        with open(path + ".tmp", "w") as f:
+            f.write(f"{os.getpid()} {beats}")
+        os.replace(path + ".tmp", path)
+        time.sleep(0.01)
 
 hold.submit(sys.argv[1])
 time.sleep(600)
@@ -162,16 +164,18 @@ def test_a_child_dies_with_its_kernel_and_its_share_is_freed_only_then(tmp_path)
     """The kernel alone is SIGKILLed (as the OOM killer does) while its child runs a GPU task."""
     import psutil
 
-    pid_file = tmp_path / "child.pid"
-    kernel = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, str(pid_file)])
+    beat_file = tmp_path / "beat"
+    kernel = subprocess.Popen([sys.executable, "-c", ORPHAN_PARENT, str(beat_file)])
     try:
-        wait_for(pid_file.exists, timeout=120, what="the task to start in the child")
-        child = psutil.Process(int(pid_file.read_text()))
+        wait_for(beat_file.exists, timeout=120, what="the task to start in the child")
+        child = psutil.Process(int(beat_file.read_text().split()[0]))
         assert gpu_used() == 1
         kernel.kill()
         kernel.wait(30)
-        with nbflow.concurrency("GPU", occupy=1, timeout=60):  # granted only once the child is gone
-            assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE
+        with nbflow.concurrency("GPU", occupy=1, timeout=60):  # granted only once the task has stopped
+            beat = beat_file.read_text()
+            time.sleep(0.3)  # an observation window, not a wait for an event: the heartbeat must not move
+            assert beat_file.read_text() == beat
     finally:
         kernel.kill()
         kernel.wait(30)

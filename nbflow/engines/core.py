@@ -264,6 +264,7 @@ class Engine:
     def _ended(self, run: Run, attempt: int, value: Any = None, exc: BaseException | None = None) -> None:
         """The engine reports: attempt ``attempt`` ended. Retry it, or settle the future. A report about an
         attempt that already ended (a timeout fired first) is ignored."""
+        done = run.fut.done()  # (outside the engine's lock: the future's lock is taken first, when settling)
         with self._lock:
             if attempt != run.attempt or not run.live:
                 return
@@ -273,7 +274,7 @@ class Engine:
                 and isinstance(exc, Exception)
                 and attempt < run.task.options.retries
                 and not self._closed
-                and not run.fut.done()
+                and not done
             )
             if retry:
                 run.attempt += 1
@@ -305,27 +306,27 @@ class Engine:
         self._launch(run)
 
     def _settle(self, run: Run, value: Any = None, exc: BaseException | None = None) -> bool:
-        """Set the outcome unless it is set already (cancelled, failed upstream); True if this call set it."""
+        """Set the outcome unless it is set already (cancelled, failed upstream); True if this call set it.
+        The run is counted under its final status first, so whoever sees the future done sees the count."""
+        if run.fut.done():
+            return False
+        self._move(run, "finished" if exc is None else "error")
         try:
             if exc is None:
                 run.fut.set_result(value)
             else:
                 run.fut.set_exception(exc)
-        except cf.InvalidStateError:
+        except cf.InvalidStateError:  # cancelled (or set) just now: count it where it really ended
+            fut = run.fut
+            self._move(run, "cancelled" if fut.cancelled() else "error" if fut.exception() else "finished", force=True)
             return False
-        self._move(run, "finished" if exc is None else "error")
         return True
 
     def _succeeded_unwatched(self, run: Run, value: Any) -> bool:
         """``_ended`` for a success, but only if no done-callback waits for it, because the caller is an event
         loop where user code must not run; True if handled (also when it was cancelled first)."""
-        try:
-            if not run.fut.set_result_unwatched(value):
-                return False
-        except cf.InvalidStateError:  # cancelled first: counted as such already
-            pass
-        else:
-            self._move(run, "finished")
+        if not run.fut.set_result_unwatched(value, functools.partial(self._move, run, "finished")):
+            return run.fut.cancelled()
         run.live = False
         return True
 
@@ -346,11 +347,11 @@ class Engine:
         else:
             self._settle(run, exc=RuntimeError(f"task {run.name!r} did not finish: its engine was closed"))
 
-    def _move(self, run: Run, phase: str) -> None:
-        """Count ``run`` under ``phase`` (once done, it stays counted where it ended)."""
+    def _move(self, run: Run, phase: str, force: bool = False) -> None:
+        """Count ``run`` under ``phase`` (once done, it stays counted where it ended, unless ``force``)."""
         with self._lock:
             old = run.phase
-            if old in _DONE:
+            if old == phase or (old in _DONE and not force):
                 return
             self._counts[old] -= 1
             self._counts[phase] += 1
