@@ -66,10 +66,6 @@ class DaskFuture(Future):
                 f._value = value
 
 
-class _DaskRun(Run):
-    __slots__ = ()
-
-
 class DaskEngine(Engine):
     """Runs tasks on a Dask cluster: an existing scheduler, an existing client, or an embedded LocalCluster.
 
@@ -77,7 +73,6 @@ class DaskEngine(Engine):
     """
 
     kind = "dask"
-    Run = _DaskRun
 
     def __init__(
         self,
@@ -99,7 +94,7 @@ class DaskEngine(Engine):
         super().__init__("nbflow-dask")
         self._owns_client = client is None
         self._address = self.client.scheduler.address
-        self._live: dict[str, _DaskRun] = {}  # Dask key of the current attempt -> run, until it ends
+        self._live: dict[str, Run] = {}  # Dask key of the current attempt -> run, until it ends
         self._offers: dict[str, tuple[str, dict[str, float]]] | None = None  # address -> (name, totals)
         self._watching = False
         self._watcher = _Watcher(self.client, self._finished_in_loop, self._attempt_over)
@@ -122,7 +117,7 @@ class DaskEngine(Engine):
     def _submit_options(self, task: Runnable) -> dict[str, Any]:
         return {"resources": dict(task.options.resources) or None, "pure": False}
 
-    def _place(self, run: _DaskRun) -> None:
+    def _place(self, run: Run) -> None:
         key = run.fut.key if run.attempt == 0 else f"{run.fut.key}-retry{run.attempt}"
         try:
             args, kwargs = self._arguments(run)
@@ -135,7 +130,7 @@ class DaskEngine(Engine):
             return
         self._track([run], [dask_future])
 
-    def _place_many(self, runs: list[_DaskRun]) -> None:
+    def _place_many(self, runs: list[Run]) -> None:
         """One ``client.map`` for a batch of first attempts: one graph message, the task pickled once."""
         try:
             packed = cloudpickle.dumps(runs[0].task)
@@ -154,7 +149,7 @@ class DaskEngine(Engine):
             return
         self._track(runs, dask_futures)
 
-    def _track(self, runs: list[_DaskRun], dask_futures: list[distributed.Future]) -> None:
+    def _track(self, runs: list[Run], dask_futures: list[distributed.Future]) -> None:
         with self._lock:
             for run, dask_future in zip(runs, dask_futures, strict=True):
                 run.fut.dask = dask_future
@@ -169,7 +164,7 @@ class DaskEngine(Engine):
             if run is not None and not run.fut.done():
                 self._started(run, worker)
 
-    def _finished_in_loop(self, run: _DaskRun, dask_future: distributed.Future) -> bool:
+    def _finished_in_loop(self, run: Run, dask_future: distributed.Future) -> bool:
         """The common case, right in Dask's loop: a success that no done-callback waits for."""
         if dask_future.status != "finished":
             return False
@@ -178,7 +173,7 @@ class DaskEngine(Engine):
         self._forget(dask_future)
         return True
 
-    def _attempt_over(self, run: _DaskRun, dask_future: distributed.Future) -> None:
+    def _attempt_over(self, run: Run, dask_future: distributed.Future) -> None:
         """An attempt ended (in the engine's completion thread): report it to the lifecycle."""
         self._forget(dask_future)
         status = dask_future.status
@@ -195,7 +190,7 @@ class DaskEngine(Engine):
         with self._lock:
             self._live.pop(dask_future.key, None)
 
-    def _withdraw(self, run: _DaskRun) -> None:
+    def _withdraw(self, run: Run) -> None:
         dask_future = run.fut.dask
         if dask_future is not None:
             dask_future.cancel()

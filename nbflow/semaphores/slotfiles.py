@@ -83,39 +83,43 @@ def publish(directory: str, data: bytes) -> tuple[str, int]:
     raise FileNotFoundError(errno.ENOENT, "removed three times while being created", directory)
 
 
-def reap(path: str) -> bool:
-    """Delete ``path`` if nobody holds its flock (its holder died); True when it is gone."""
-    try:
-        fd = os.open(path, PEEK)
-    except FileNotFoundError:
-        return True
-    try:
-        check_regular(fd, path)
-        if not lock_nb(fd):
-            return False
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        return True
-    finally:
-        os.close(fd)
-
-
-def read_live(path: str) -> dict | None:
-    """The record of a live holder/waiter file, or None (and the file removed) when its owner is dead."""
+def _open_live(path: str) -> int | None:
+    """``path`` opened if its holder is alive (it holds the flock); None when it is gone, deleted here if its
+    holder died. The caller closes the descriptor."""
     try:
         fd = os.open(path, PEEK)
     except FileNotFoundError:
         return None
     try:
         check_regular(fd, path)
-        if lock_nb(fd):
-            try:
-                os.unlink(path)
-            except FileNotFoundError:
-                pass
-            return None
+        if not lock_nb(fd):
+            return fd
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+    except BaseException:
+        os.close(fd)
+        raise
+    os.close(fd)
+    return None
+
+
+def reap(path: str) -> bool:
+    """Delete ``path`` if nobody holds its flock (its holder died); True when it is gone."""
+    fd = _open_live(path)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def read_live(path: str) -> dict | None:
+    """The record of a live holder/waiter file, or None (and the file removed) when its owner is dead."""
+    fd = _open_live(path)
+    if fd is None:
+        return None
+    try:
         data = os.read(fd, 65536)
     finally:
         os.close(fd)
