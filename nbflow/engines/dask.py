@@ -17,13 +17,14 @@ import cloudpickle
 import distributed
 from distributed.client import done_callback  # the coroutine behind Future.add_done_callback, minus its thread hop
 
+from .. import sidechannel
 from ..errors import ResourceSpecError, Unsatisfiable
 from ..futures import Future
 from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
 from .core import Engine, Run
 from .dask_cluster import connect
-from .dask_worker import STARTED_TOPIC, probe, run_task
+from .dask_worker import SIDE_TOPIC, STARTED_TOPIC, probe, run_task
 
 _REMOTE = object()  # result placeholder: the value stays on the cluster until someone asks for it
 
@@ -99,6 +100,7 @@ class DaskEngine(Engine):
         self._watching = False
         self._watcher = _Watcher(self.client, self._finished_in_loop, self._attempt_over)
         self.client.subscribe_topic(STARTED_TOPIC, self._on_started)
+        self.client.subscribe_topic(SIDE_TOPIC, _on_side)
 
     # -- placing attempts -----------------------------------------------------------------------------
 
@@ -285,6 +287,7 @@ class DaskEngine(Engine):
             self._abandon(run)  # the nbflow side; Dask is told below, in one message
         self._watcher.close()
         self.client.unsubscribe_topic(STARTED_TOPIC)
+        self.client.unsubscribe_topic(SIDE_TOPIC)
         if live and not self._owns_client:
             self.client.cancel([run.fut.dask for run in live])
         if self._watching:
@@ -365,3 +368,8 @@ class _Watcher:
 
 def _fits(demand: Mapping[str, float], offers: Mapping[str, tuple[str, dict[str, float]]]) -> bool:
     return any(all(res.get(k, 0) >= v for k, v in demand.items()) for _, res in offers.values())
+
+
+def _on_side(event: tuple[float, dict]) -> None:
+    """A side-channel message from a task on a worker (what a task cell printed so far)."""
+    sidechannel.deliver(event[1]["channel"], event[1]["message"])

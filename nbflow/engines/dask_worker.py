@@ -19,6 +19,7 @@ from typing import Any
 from distributed import get_client, get_worker, rejoin, secede
 from distributed.comm.addressing import get_address_host
 
+from .. import sidechannel
 from ..errors import TaskTimeout, portable
 from ..futures import set_block_hook
 from ..options import Runnable
@@ -28,6 +29,7 @@ _state = threading.local()  # per task thread: depth of nested waits, so we sece
 
 
 STARTED_TOPIC = "nbflow-started"  # worker -> clients: attempts that have been running a moment
+SIDE_TOPIC = "nbflow-side"  # worker -> clients: side-channel messages of running tasks (see ``nbflow.sidechannel``)
 
 
 def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
@@ -40,6 +42,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     task = _unpack(packed)
     opts = task.options
     worker = get_worker()
+    sidechannel.install(functools.partial(_send_side, worker))
     engine = _worker_engine(worker, on_unsatisfiable)
     previous = bind(engine)
     set_block_hook(_seceded)
@@ -62,6 +65,10 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         _starts.end(key)
         set_block_hook(None)
         bind(previous)
+
+
+def _send_side(worker: Any, channel: str, message: Any) -> None:
+    worker.log_event(SIDE_TOPIC, {"channel": channel, "message": message})
 
 
 class Starts:

@@ -23,7 +23,10 @@ from typing import Any
 
 import cloudpickle
 
+from .. import sidechannel
 from ..errors import WorkerDied, portable
+
+_SIDE = b"nbflow-side:"  # leads a side-channel message in the child's replies (a pickle starts with 0x80)
 
 
 class RemoteTraceback(Exception):
@@ -74,7 +77,9 @@ class ChildProcess:
                 socket.send_fds(sock, [b"F"], list(keep))
         self._conn.send_bytes(cloudpickle.dumps((fn, args, kwargs, env)))
         try:
-            ok, value, tb = cloudpickle.loads(self._conn.recv_bytes())
+            while (reply := self._conn.recv_bytes()).startswith(_SIDE):  # what the task shows while it runs
+                sidechannel.deliver(*cloudpickle.loads(reply[len(_SIDE) :]))
+            ok, value, tb = cloudpickle.loads(reply)
         except (EOFError, OSError):
             pid, code = self._proc.pid, self._reap()
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -113,6 +118,14 @@ def _serve(conn: Any, parent: int) -> None:
     """The child's loop: receive a payload, run it, send back ``(ok, value, traceback text)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the notebook; the parent decides
     threading.Thread(target=_exit_with, args=(parent,), name="nbflow-parent-watch", daemon=True).start()
+    sending = threading.Lock()  # side-channel messages come from a reporter thread, the reply from this one
+
+    def side(channel: str, message: Any) -> None:
+        data = _SIDE + cloudpickle.dumps((channel, message))
+        with sending:
+            conn.send_bytes(data)
+
+    sidechannel.install(side)
     while True:
         try:
             header = conn.recv_bytes()
@@ -130,7 +143,8 @@ def _serve(conn: Any, parent: int) -> None:
         finally:
             for fd in kept:  # the task is over: the parent releases the shares
                 os.close(fd)
-        conn.send_bytes(reply)
+        with sending:
+            conn.send_bytes(reply)
 
 
 def _exit_with(parent: int) -> None:

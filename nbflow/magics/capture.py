@@ -73,7 +73,7 @@ class _Publisher:
         self._inner = inner
 
     def publish(self, data: dict[str, Any], metadata: Any = None, **kwargs: Any) -> None:
-        displays = getattr(_local, "displays", None)
+        displays = current_displays()
         if displays is None:
             self._inner.publish(data, metadata, **kwargs)
         else:
@@ -100,6 +100,11 @@ def running_shell() -> Any:
     if shell_class is None or not shell_class.initialized():  # (None also while another thread imports it)
         return None
     return shell_class.instance()
+
+
+def current_displays() -> Displays | None:
+    """Where the calling thread's ``display()`` goes, if it is capturing."""
+    return getattr(_local, "displays", None)
 
 
 @contextlib.contextmanager

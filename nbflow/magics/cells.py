@@ -11,12 +11,13 @@ import dataclasses
 import linecache
 import symtable
 import traceback
+import uuid
 import warnings
 from typing import Any
 
-from . import figures
+from . import figures, showing
 from .capture import Displays, capture, running_shell
-from .terminal import Screen
+from .live import reporting
 
 # Statements whose bindings may not happen: a name they bind may still be read from the notebook later.
 _MAYBE = (ast.If, ast.For, ast.AsyncFor, ast.While, ast.Try, ast.With, ast.AsyncWith, ast.Match)
@@ -197,60 +198,41 @@ class CellCode:
         self.filename = filename
         self.outputs = outputs
         self.shows_value = shows_value
-        self._live: tuple[Screen, Screen, Displays] | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_live": None}  # output buffers stay in the process that runs the cell
-
-    def live(self, lines: int) -> dict[str, str]:
-        """The last ``lines`` lines the cell printed so far, when it runs in this process (thread engine), each
-        stream led by a note of how many earlier lines are left out; else nothing."""
-        screens = self._live
-        if screens is None:
-            return {}
-        shown = {}
-        for kind, screen in zip(("stdout", "stderr"), screens[:2], strict=True):
-            hidden, text = screen.tail(lines)
-            note = f"[nbflow] ... {hidden} earlier lines (all of them show when the cell ends)\n" if hidden else ""
-            shown[kind] = note + text
-        return shown
-
-    def live_displays(self) -> Displays | None:
-        """What the cell displayed so far, when it runs in this process (thread engine); else None."""
-        screens = self._live
-        return screens[2] if screens is not None else None
+        self.channel = f"nbflow-cell-{uuid.uuid4().hex}"  # what it shows while it runs goes there (``live``)
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()
-        if running_shell() is None:
+        if running_shell() is None:  # a child process, a Dask worker: show what the kernel would show
             figures.headless()
-        with capture() as (out, err, displays), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")  # plt.show() where none shows
-            self._live = out, err, displays
-            before = figures.open_now()
-            value = None
-            try:
-                exec(body, namespace)
-                value = eval(last, namespace) if last is not None else None
-                shown = mimebundle(value) if value is not None else None
-            except BaseException as exc:
-                exc._nbflow_cell = {  # type: ignore[attr-defined]
-                    "traceback": self._format(exc),
-                    "stdout": out.text(),
-                    "stderr": err.text(),
-                    "displays": displays.items,
-                }
-                raise
-            finally:
-                for bundle in figures.close_new(before, value):
-                    displays.add(bundle)
+            showing.use_for_ipython()
+            namespace.setdefault("display", showing.display)  # a builtin in the kernel
+        with capture() as (out, err, displays), reporting(self.channel, out, err, displays):
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")  # plt.show() with Agg
+                before = figures.open_now()
+                value = None
+                try:
+                    exec(body, namespace)
+                    value = eval(last, namespace) if last is not None else None
+                    shown = showing.mimebundle(value) if value is not None else None
+                except BaseException as exc:
+                    exc._nbflow_cell = {  # type: ignore[attr-defined]
+                        "traceback": self._format(exc),
+                        "stdout": out.text(),
+                        "stderr": err.text(),
+                        "displays": _settled(displays),
+                    }
+                    raise
+                finally:
+                    for bundle in figures.close_new(before, value):
+                        displays.add(bundle)
         outputs = {name: namespace[name] for name in self.outputs if name in namespace}
         return {
             "outputs": outputs,
             "stdout": out.text(),
             "stderr": err.text(),
-            "displays": displays.items,
+            "displays": _settled(displays),
             "value": shown,
         }
 
@@ -277,24 +259,23 @@ class CellCode:
         return f"<nbflow cell {self.filename}>"
 
 
+def _settled(displays: Displays) -> list[dict[str, Any]]:
+    """The cell's displays as they stay once it ended: a widget as its text form now (a progress bar's last
+    line), or left out if it was closed (a bar with ``leave=False``), for what runs no widgets."""
+    items = []
+    for item in displays.items:
+        if showing.WIDGET in item:
+            text = showing.widget_text(item)
+            if text is None:
+                continue
+            item = {**item, "text/plain": text}
+        items.append(item)
+    return items
+
+
 def pick(result: dict[str, Any], name: str) -> Any:
     """One output of a finished task cell (a task of its own, so a dependent cell gets just that value)."""
     try:
         return result["outputs"][name]
     except KeyError:
         raise NameError(f"the task cell did not assign {name!r}") from None
-
-
-def mimebundle(value: Any) -> dict[str, Any]:
-    """How to show a cell's last value, computed where it ran (the value itself may not travel): with the
-    kernel's own formatters in a thread of the kernel, else IPython's defaults; a matplotlib figure as PNG."""
-    try:
-        from IPython.core.formatters import DisplayFormatter
-    except ImportError:  # a worker without IPython
-        data: dict[str, Any] = {"text/plain": repr(value)}
-    else:
-        shell = running_shell()
-        data, _ = (shell.display_formatter if shell is not None else DisplayFormatter()).format(value)
-    if "image/png" not in data and figures.is_figure(value):
-        data = figures.bundle(value)
-    return data

@@ -14,6 +14,8 @@ from typing import Any
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import DisplayHandle, display
 
+from .showing import WIDGET
+
 LIVE_LINES = 100  # lines of each stream shown while a cell runs; all of them show once it ends
 
 
@@ -48,6 +50,11 @@ def compose(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"text/html": "".join(html_parts), "text/plain": "\n".join(plain_parts)}
 
 
+def static(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The outputs with each widget as its text: what shows where no widget manager runs (nbconvert, GitHub)."""
+    return [{"text/plain": item.get("text/plain", "")} if WIDGET in item else item for item in items]
+
+
 def current_request() -> str | None:
     """The id of the request that output sent now goes with (the cell the kernel runs, or ran last)."""
     shell = InteractiveShell.instance()
@@ -56,13 +63,16 @@ def current_request() -> str | None:
 
 class CellView:
     """A task cell's displays: the status line, what it printed (stdout, stderr, traceback), and what it
-    showed (``display()``, figures, its last value). All are made while the submitting cell runs, because only
-    those displays can be redrawn under it later."""
+    showed (``display()``, figures, widgets, its last value). All are made while the submitting cell runs,
+    because only those displays can be redrawn under it later. Several rich outputs of which one is a widget
+    (a ``tqdm.auto`` bar) are shown, while the cell runs, in an ipywidgets ``Output`` whose outputs are set
+    from any thread; once it ends they stay as static bundles, a widget as its text form."""
 
     def __init__(self, title: str) -> None:
         self.title = title
         self._handles = (DisplayHandle(), DisplayHandle(), DisplayHandle())  # status, streams, rich outputs
         self._shown: list[dict[str, Any]] = []
+        self._box: Any = None  # the ipywidgets Output, once needed
         self._lock = threading.Lock()
         self.final_request: str | None = None  # the request whose header the final drawing went with
 
@@ -81,18 +91,35 @@ class CellView:
         final: bool = False,
     ) -> None:
         """Redraw in place (from any thread) what changed, or everything when ``final`` (then all of it goes
-        with one request's header); ``rich`` None leaves the rich outputs as they are."""
+        with one request's header); ``streams`` or ``rich`` None leaves them as they are."""
         with self._lock:
             if not self._shown:
                 return
             if final:  # read before sending: if the kernel moves on meanwhile, the cell is only drawn once more
                 self.final_request = current_request()
-            bundles = [status(self.title, state), streams_bundle(streams or {})]
-            bundles.append(compose(rich) if rich is not None else self._shown[2])
+            bundles = [
+                status(self.title, state),
+                streams_bundle(streams) if streams is not None else self._shown[1],
+                self._rich(rich, final) if rich is not None else self._shown[2],
+            ]
             for i, (handle, bundle) in enumerate(zip(self._handles, bundles, strict=True)):
                 if final or bundle != self._shown[i]:
                     self._shown[i] = bundle
                     handle.update(bundle, raw=True)
+            if final and self._box is not None:
+                self._box.close()
+                self._box = None
+
+    def _rich(self, items: list[dict[str, Any]], final: bool) -> dict[str, Any]:
+        if final or len(items) < 2 or not any(WIDGET in item for item in items):
+            return compose(static(items) if final else items)
+        if self._box is None:
+            from ipywidgets import Output
+
+            self._box = Output()
+        self._box.outputs = tuple({"output_type": "display_data", "data": item, "metadata": {}} for item in items)
+        view = {"version_major": 2, "version_minor": 0, "model_id": self._box.model_id}
+        return {WIDGET: view, "text/plain": compose(static(items))["text/plain"]}
 
     def republish(self) -> None:
         """Send the current state again: a front-end such as nbclient drops updates sent between two cells."""

@@ -11,7 +11,8 @@ import os
 import sys
 from typing import Any
 
-_INLINE = "module://matplotlib_inline"
+_REPLACED = ("module://matplotlib_inline", "agg")  # backends that show nothing on a worker
+BACKEND = "module://nbflow.magics.mplbackend"
 
 
 def is_figure(value: Any) -> bool:
@@ -26,13 +27,14 @@ def bundle(fig: Any) -> dict[str, Any]:
 
 
 def headless() -> None:
-    """Where no kernel shows figures (a child process, a Dask worker), draw them with Agg: the notebook's
-    inline backend, inherited through the environment, would print ``<Figure ...>`` and drop them."""
-    if os.environ.get("MPLBACKEND", "").startswith(_INLINE):
-        os.environ["MPLBACKEND"] = "agg"
+    """Where no kernel shows figures (a child process, a Dask worker), draw them with Agg and have
+    ``plt.show()`` show them under the task cell: the notebook's inline backend, inherited through the
+    environment, would print ``<Figure ...>`` and drop them, and a GUI backend would open windows."""
+    if os.environ.get("MPLBACKEND", "agg").lower().startswith(_REPLACED):
+        os.environ["MPLBACKEND"] = BACKEND
     pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is not None and pyplot.get_backend().startswith(_INLINE):
-        pyplot.switch_backend("agg")
+    if pyplot is not None and pyplot.get_backend().lower().startswith(_REPLACED):
+        pyplot.switch_backend(BACKEND)
 
 
 def open_now() -> set[int]:

@@ -16,11 +16,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from .. import sidechannel
 from ..futures import Future, find_futures
 from ..options import TaskOptions
 from ..tasks import Task
 from .cells import CellCode, CellPlan, pick
 from .display import LIVE_LINES, CellView
+from .live import Inbox
 
 TICK = 0.25  # seconds between status-line refreshes while task cells are unfinished
 
@@ -51,19 +53,21 @@ class TaskCell:
         self.previous: dict[str, Any] = {}
         self.upstream: list[Future] = []
         self.view: CellView | None = None
+        self.inbox = Inbox(LIVE_LINES)  # what it shows while it runs, wherever it runs
         self.settled = threading.Event()
         self.outcome = ""  # "finished" | "error" | "cancelled" once settled
         self.error: BaseException | None = None
         self.report: dict[str, Any] = {}  # stdout, stderr, traceback, value once settled
         self._submitted = time.monotonic()
         self._ended = 0.0
-        self._rich_version = -1  # the version of the live displays last drawn
+        self._drawn = 0  # the inbox version last drawn
         self._lock = threading.Lock()
 
     def submit(self, inputs: dict[str, Any]) -> None:
         """Submit the cell and one small task per output, bind the outputs to their futures (main thread)."""
         self.upstream = find_futures(list(inputs.values()))
         self._submitted = time.monotonic()
+        sidechannel.listen(self.code.channel, self.inbox.receive)
         future = Task(self.code, self.options).submit(**inputs)
         self.future = future
         for name in self.plan.outputs:
@@ -99,17 +103,17 @@ class TaskCell:
         return f"waiting for {', '.join(dict.fromkeys(upstream))}" if upstream else "queued"
 
     def refresh(self) -> None:
-        """Redraw the status line, and output printed so far, if they changed (called by the ticker)."""
+        """Redraw the status line, and what the cell showed so far, if they changed (called by the ticker)."""
         with self._lock:
             if self.view is not None and not self.outcome:
-                displays = self.code.live_displays()
-                rich = None
-                if displays is not None and displays.version != self._rich_version:
-                    self._rich_version, rich = displays.version, list(displays.items)
-                self.view.update(self.state(), self.code.live(LIVE_LINES), rich)
+                inbox, changed = self.inbox, self.inbox.version != self._drawn
+                self._drawn = inbox.version
+                streams = inbox.streams() if changed else None
+                self.view.update(self.state(), streams, list(inbox.displays) if changed else None)
 
     def _finish(self, fut: Future) -> None:
         """Done callback (any thread): rebind outputs, show the cell's output, wake ``%nbflow wait``."""
+        sidechannel.forget(self.code.channel)
         try:
             report: dict[str, Any] = {}
             if fut.cancelled():

@@ -14,9 +14,13 @@ class Screen:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.current = ""
+        self.dropped = 0  # earlier lines let go by ``trim``
+        self.fresh: list[str] | None = None  # when a list, every write is kept there too, until ``take``n
         self._cr = False  # the last write ended with a carriage return not yet known to be ``\r\n``
 
     def write(self, text: str) -> int:
+        if self.fresh is not None:
+            self.fresh.append(text)
         if self._cr and not text.startswith("\n"):
             self.current = ""
         self._cr = text.endswith("\r")
@@ -44,4 +48,24 @@ class Screen:
         """The last ``count`` lines as shown, and how many earlier lines are left out."""
         lines = self.lines + [self.current] if self.current else self.lines
         hidden = max(len(lines) - count, 0)
-        return hidden, "\n".join(lines[hidden:])
+        return self.dropped + hidden, "\n".join(lines[hidden:])
+
+    def take(self) -> str:
+        """What was written since the last ``take`` (safe against a thread writing meanwhile)."""
+        fresh = self.fresh or []
+        count = len(fresh)
+        text = "".join(fresh[:count])
+        del fresh[:count]
+        return text
+
+    def trim(self, keep: int) -> None:
+        """Let go of all but the last ``keep`` finished lines (a live view shows only its tail)."""
+        if len(self.lines) > 2 * keep:  # (amortised: not at every line)
+            self.dropped += len(self.lines) - keep
+            del self.lines[:-keep]
+
+    def skip(self, lines: int) -> None:
+        """Forget everything so far: the text that ended ``lines`` lines (the one being written first) was not
+        sent. They count as dropped."""
+        self.dropped += len(self.lines) + lines
+        self.lines, self.current, self._cr = [], "", False
