@@ -8,13 +8,14 @@ task cell goes through displays created (with a display id) while the submitting
 from __future__ import annotations
 
 import html
+import json
 import threading
 from typing import Any
 
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import DisplayHandle, display
 
-from .showing import WIDGET
+from .showing import WIDGET, widget_text
 
 LIVE_LINES = 100  # lines of each stream shown while a cell runs; all of them show once it ends
 
@@ -33,21 +34,31 @@ def streams_bundle(streams: dict[str, str]) -> dict[str, str]:
 
 def compose(items: list[dict[str, Any]]) -> dict[str, Any]:
     """A cell's rich outputs (``display()``, figures, its last value) as one bundle. One is shown as it is (a
-    figure as PNG, a widget as a widget); several are laid out in order as HTML, with their texts as the
-    text/plain fallback."""
+    figure as PNG, a widget as a widget); several are laid out in order as HTML (Markdown, LaTeX and JSON as
+    their source text), with their texts as the text/plain fallback."""
     if len(items) <= 1:
         return items[0] if items else {"text/plain": ""}
-    html_parts, plain_parts = [], []
-    for item in items:
-        plain_parts.append(item.get("text/plain", ""))
-        if "text/html" in item:
-            html_parts.append(item["text/html"])
-        elif "image/png" in item or "image/jpeg" in item:
-            kind = "png" if "image/png" in item else "jpeg"
-            html_parts.append(f'<img src="data:image/{kind};base64,{item["image/" + kind]}">')
-        else:
-            html_parts.append(f'<pre style="margin:2px 0">{html.escape(item.get("text/plain", ""))}</pre>')
-    return {"text/html": "".join(html_parts), "text/plain": "\n".join(plain_parts)}
+    return {"text/html": "".join(_html(item) for item in items), "text/plain": _plain(items)}
+
+
+def _plain(items: list[dict[str, Any]]) -> str:
+    return "\n".join(item.get("text/plain", "") for item in items)
+
+
+def _html(item: dict[str, Any]) -> str:
+    if "text/html" in item:
+        return item["text/html"]
+    if "image/svg+xml" in item:
+        return item["image/svg+xml"]
+    for kind in ("png", "jpeg"):
+        if f"image/{kind}" in item:
+            return f'<img src="data:image/{kind};base64,{item["image/" + kind]}">'
+    source = next((item[k] for k in ("text/markdown", "text/latex", "application/json") if k in item), None)
+    if source is None:
+        source = item.get("text/plain", "")
+    elif not isinstance(source, str):
+        source = json.dumps(source, indent=1)
+    return f'<pre style="margin:2px 0">{html.escape(source)}</pre>'
 
 
 def static(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,7 +83,8 @@ class CellView:
         self.title = title
         self._handles = (DisplayHandle(), DisplayHandle(), DisplayHandle())  # status, streams, rich outputs
         self._shown: list[dict[str, Any]] = []
-        self._box: Any = None  # the ipywidgets Output, once needed
+        self._items: list[dict[str, Any]] = []  # the rich outputs last drawn
+        self._box: Any = None  # the ipywidgets Output, while needed
         self._lock = threading.Lock()
         self.final_request: str | None = None  # the request whose header the final drawing went with
 
@@ -100,7 +112,7 @@ class CellView:
             bundles = [
                 status(self.title, state),
                 streams_bundle(streams) if streams is not None else self._shown[1],
-                self._rich(rich, final) if rich is not None else self._shown[2],
+                self._rich(rich, final) if rich is not None or self._box is not None else self._shown[2],
             ]
             for i, (handle, bundle) in enumerate(zip(self._handles, bundles, strict=True)):
                 if final or bundle != self._shown[i]:
@@ -110,16 +122,19 @@ class CellView:
                 self._box.close()
                 self._box = None
 
-    def _rich(self, items: list[dict[str, Any]], final: bool) -> dict[str, Any]:
+    def _rich(self, items: list[dict[str, Any]] | None, final: bool) -> dict[str, Any]:
+        """The rich outputs' bundle; ``items`` None: the last ones again (a widget among them may have closed)."""
+        items = self._items = self._items if items is None else items
         if final or len(items) < 2 or not any(WIDGET in item for item in items):
             return compose(static(items) if final else items)
+        items = [item for item in items if WIDGET not in item or widget_text(item) is not None]  # not closed
         if self._box is None:
             from ipywidgets import Output
 
             self._box = Output()
         self._box.outputs = tuple({"output_type": "display_data", "data": item, "metadata": {}} for item in items)
         view = {"version_major": 2, "version_minor": 0, "model_id": self._box.model_id}
-        return {WIDGET: view, "text/plain": compose(static(items))["text/plain"]}
+        return {WIDGET: view, "text/plain": _plain(items)}
 
     def republish(self) -> None:
         """Send the current state again: a front-end such as nbclient drops updates sent between two cells."""

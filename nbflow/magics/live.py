@@ -23,7 +23,7 @@ from .capture import Displays
 from .terminal import Screen
 
 TICK = 0.1
-CHUNK = 16 * 1024
+CHUNK = 8 * 1024  # about LIVE_LINES lines of 80 characters
 STREAMS = ("stdout", "stderr")
 
 

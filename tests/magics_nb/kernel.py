@@ -43,6 +43,8 @@ class Kernel:
         self.kc.start_channels()
         self.kc.wait_for_ready(timeout=TIMEOUT)
         self.displays: dict[str, dict[str, Any]] = {}  # display id -> latest data
+        self.widgets: dict[str, dict[str, Any]] = {}  # comm id -> latest state, while open
+        self.closed: set[str] = set()  # comm ids closed
 
     def send(self, code: str) -> str:
         return self.kc.execute(code)
@@ -90,11 +92,30 @@ class Kernel:
         except queue.Empty:
             pass
 
+    def wait_display(self, display_id: str, predicate: Any, timeout: float = TIMEOUT) -> dict[str, Any]:
+        """Read iopub until the display ``display_id`` holds data for which ``predicate(data)`` is true."""
+        deadline = time.monotonic() + timeout
+        while not predicate(self.displays.get(display_id, {})):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"display {display_id} never matched; it holds {self.displays.get(display_id)}")
+            try:
+                self._track(self.kc.get_iopub_msg(timeout=min(left, 1)))
+            except queue.Empty:
+                pass
+        return self.displays[display_id]
+
     def _track(self, msg: dict[str, Any]) -> None:
-        if msg["msg_type"] in ("display_data", "update_display_data"):
-            display_id = (msg["content"].get("transient") or {}).get("display_id")
+        kind, content = msg["msg_type"], msg["content"]
+        if kind in ("display_data", "update_display_data"):
+            display_id = (content.get("transient") or {}).get("display_id")
             if display_id:
-                self.displays[display_id] = msg["content"]["data"]
+                self.displays[display_id] = content["data"]
+        elif kind == "comm_open" or (kind == "comm_msg" and content["data"].get("method") == "update"):
+            self.widgets.setdefault(content["comm_id"], {}).update(content["data"].get("state", {}))
+        elif kind == "comm_close":
+            self.widgets.pop(content["comm_id"], None)
+            self.closed.add(content["comm_id"])
 
     def interrupt(self) -> None:
         self.km.interrupt_kernel()
