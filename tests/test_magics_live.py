@@ -157,3 +157,23 @@ def test_a_flood_of_output_sends_only_its_tail_and_counts_the_lines_left_out():
     assert shown["stdout"].endswith("x" * 100) and len(shown["stdout"]) < 2 * CHUNK
     assert shown["stderr"] == "done"
     assert out.fresh is None and out.text().endswith("x")  # the cell's own screen still has all of it
+
+
+def test_pyplot_is_per_thread_so_an_ordinary_cell_neither_shows_nor_closes_a_running_task_cells_figure(kernel):
+    setup = "%matplotlib inline\nimport threading\nmade, go = threading.Event(), threading.Event()"
+    assert kernel.run(setup).reply["status"] == "ok"
+    task = kernel.run(
+        "%%nbflow task --name plots\nimport matplotlib.pyplot as plt\n"
+        "plt.plot([1, 2])\nmade.set()\ngo.wait(60)\nplt.title('task figure')\nplt.show()"
+    )
+    ordinary = kernel.run(
+        "import matplotlib.pyplot as plt\nassert made.wait(60)\nprint(plt.get_fignums())\nplt.plot([3, 4])\n"
+    )  # ends with the inline backend showing, then closing, every figure it can see
+    assert ordinary.stream("stdout") == "[]\n"
+    shown = [m for m in ordinary.messages if m["msg_type"] == "display_data"]
+    assert len(shown) == 1 and "image/png" in shown[0]["content"]["data"]  # its own figure only
+    assert kernel.run("go.set()\n%nbflow wait").reply["status"] == "ok"
+    kernel.drain()
+    rich = kernel.displays[task.display_ids()[2]]
+    assert "image/png" in rich and "Figure size" in rich["text/plain"]  # drawn on after the ordinary cell ended
+    assert kernel.run("print(plt.get_fignums())").stream("stdout") == "[]\n"

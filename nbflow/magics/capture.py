@@ -1,4 +1,4 @@
-"""Per-thread capture of what a task cell shows: ``sys.stdout``/``sys.stderr`` and ``display()``.
+"""Per-thread capture of what a task cell shows: ``sys.stdout``/``sys.stderr``, ``display()`` and its figures.
 
 A task cell may run in a thread of the kernel next to the notebook's own code, so swapping
 ``sys.stdout`` (``contextlib.redirect_stdout``) would steal every other thread's output. Instead the
@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,6 +103,11 @@ def running_shell() -> Any:
     return shell_class.instance()
 
 
+def current_figures() -> OrderedDict | None:
+    """The calling thread's own pyplot figures (number -> manager), if it is capturing (see ``figures``)."""
+    return getattr(_local, "figures", None)
+
+
 def current_displays() -> Displays | None:
     """Where the calling thread's ``display()`` goes, if it is capturing."""
     return getattr(_local, "displays", None)
@@ -117,10 +123,13 @@ def capture() -> Iterator[tuple[Screen, Screen, Displays]]:
         or (shell is not None and not isinstance(shell.display_pub, _Publisher))
     ):
         _install()
-    saved = getattr(_local, "stdout", None), getattr(_local, "stderr", None), getattr(_local, "displays", None)
+    slots = ("stdout", "stderr", "displays", "figures")
+    saved = [getattr(_local, slot, None) for slot in slots]
     out, err, displays = Screen(), Screen(), Displays()
-    _local.stdout, _local.stderr, _local.displays = out, err, displays
+    for slot, value in zip(slots, (out, err, displays, OrderedDict()), strict=True):
+        setattr(_local, slot, value)
     try:
         yield out, err, displays
     finally:
-        _local.stdout, _local.stderr, _local.displays = saved
+        for slot, value in zip(slots, saved, strict=True):
+            setattr(_local, slot, value)

@@ -1,4 +1,5 @@
-"""A JupyterLab server on 127.0.0.1 and Debian's Chromium driven by Playwright, shared by the browser tests.
+"""A JupyterLab or Notebook 7 server on 127.0.0.1 and Debian's Chromium driven by Playwright, shared by the
+browser tests.
 
 ``conftest.py`` turns these into fixtures: one server and one browser for the whole session, a fresh page per test.
 """
@@ -48,6 +49,13 @@ class Lab:
     url: str
     token: str
     root: Path
+    app: str = "lab"  # or "notebook" (Notebook 7)
+
+    def page_of(self, path: str) -> str:
+        """The address that opens the notebook at ``path`` (relative to the root) in this front end."""
+        if self.app == "notebook":
+            return f"{self.url}/notebooks/{path}?token={self.token}"
+        return f"{self.url}/lab/tree/{path}?reset&token={self.token}"
 
     def api(self, path: str, method: str = "GET") -> Any:
         """Call the server's REST API; the decoded JSON reply (``None`` if empty)."""
@@ -69,8 +77,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def jupyterlab(root: Path, state: Path) -> Iterator[Lab]:
-    """A JupyterLab server serving ``root``, with its own HOME, Jupyter dirs and nbflow limits dir under ``state``."""
+def jupyterlab(root: Path, state: Path, app: str = "lab") -> Iterator[Lab]:
+    """A JupyterLab (``app="lab"``) or Notebook 7 (``"notebook"``) server serving ``root``, with its own HOME,
+    Jupyter dirs and nbflow limits dir under ``state``."""
     token = secrets.token_hex(16)
     port = free_port()
     names = ("home", "config", "data", "runtime", "settings", "workspaces", "ipython", "limits")
@@ -92,23 +101,28 @@ def jupyterlab(root: Path, state: Path) -> Iterator[Lab]:
         "IPYTHONDIR": str(dirs["ipython"]),
         "NBFLOW_LIMITS_DIR": str(dirs["limits"]),  # the kernels' machine limits stay private to this server
     }
+    if app == "lab":
+        flags = [
+            "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to run the cells by command
+            "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+            "--LabApp.extension_manager=readonly",  # no PyPI queries
+        ]  # fmt: skip
+    else:
+        flags = ["--JupyterNotebookApp.expose_app_in_browser=True"]
     command = [
-        sys.executable, "-m", "jupyterlab", "--no-browser",
+        sys.executable, "-m", "jupyterlab" if app == "lab" else "notebook", "--no-browser",
         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}",
-        "--LabApp.expose_app_in_browser=True",  # window.jupyterapp, to run the cells by command
-        "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
-        "--LabApp.extension_manager=readonly",  # no PyPI queries
+        f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={root}", *flags,
     ] + (["--allow-root"] if os.geteuid() == 0 else [])  # fmt: skip
-    log_path = state / "jupyterlab.log"
+    log_path = state / f"{app}.log"
     log = log_path.open("wb")
     server = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    lab = Lab(f"http://127.0.0.1:{port}", token, root)
+    lab = Lab(f"http://127.0.0.1:{port}", token, root, app)
     try:
         deadline = time.monotonic() + 60
         while True:
-            assert server.poll() is None, f"JupyterLab exited: {log_path.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"JupyterLab not up in 60 s: {log_path.read_text()}"
+            assert server.poll() is None, f"the {app} server exited: {log_path.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"the {app} server not up in 60 s: {log_path.read_text()}"
             try:
                 if lab.api("status") is not None:
                     break
@@ -134,13 +148,13 @@ def run_notebook(page: Any, lab: Lab, name: str) -> Path:
     folder = lab.root / Path(name).stem
     folder.mkdir()
     shutil.copy(HERE / name, folder / name)
-    page.goto(f"{lab.url}/lab/tree/{folder.name}/{name}?reset&token={lab.token}")
+    page.goto(lab.page_of(f"{folder.name}/{name}"))
     page.wait_for_function(
         "() => window.jupyterapp?.shell.currentWidget?.sessionContext?.session?.kernel?.status === 'idle'",
         timeout=90_000,
         polling=200,
     )
-    page.evaluate("() => window.jupyterapp.commands.execute('notebook:run-all-cells')")
+    page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")  # (not awaited)
     return folder
 
 
