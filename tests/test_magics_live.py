@@ -177,3 +177,19 @@ def test_pyplot_is_per_thread_so_an_ordinary_cell_neither_shows_nor_closes_a_run
     rich = kernel.displays[task.display_ids()[2]]
     assert "image/png" in rich and "Figure size" in rich["text/plain"]  # drawn on after the ordinary cell ended
     assert kernel.run("print(plt.get_fignums())").stream("stdout") == "[]\n"
+
+
+@pytest.mark.parametrize("engine", ["threads", "processes"])
+def test_clear_output_starts_the_task_cells_output_over_and_clears_no_other_cell(kernel, engine):
+    assert kernel.run(ENGINES[engine]).reply["status"] == "ok"
+    cell = (
+        "%%nbflow task --name clears\nfrom IPython.display import HTML, clear_output\n"
+        "for i in range(3):\n    clear_output(wait=True)\n    print(f'step {i}')\n    display(HTML(f'<i>{i}</i>'))\n"
+    )
+    task = kernel.run(cell)
+    waited = kernel.run("%nbflow wait")
+    kernel.drain()
+    _, streams, rich = task.display_ids()
+    assert text(kernel.displays[streams]) == "step 2"
+    assert kernel.displays[rich]["text/html"] == "<i>2</i>"
+    assert all(m["msg_type"] != "clear_output" for m in task.messages + waited.messages)

@@ -40,6 +40,10 @@ class Displays:
             self.items.append(data)
         self.version += 1
 
+    def clear(self) -> None:
+        self.items, self._where = [], {}
+        self.version += 1
+
 
 class _Router:
     """Stands in for ``sys.stdout``/``sys.stderr``: capturing threads write to their buffer."""
@@ -80,7 +84,11 @@ class _Publisher:
         else:
             displays.add(data, (kwargs.get("transient") or {}).get("display_id"), bool(kwargs.get("update")))
 
-    def __getattr__(self, name: str) -> Any:  # clear_output, set_parent, session, ...
+    def clear_output(self, wait: bool = False) -> None:
+        if not clear():
+            self._inner.clear_output(wait)
+
+    def __getattr__(self, name: str) -> Any:  # set_parent, session, ...
         return getattr(self._inner, name)
 
 
@@ -101,6 +109,18 @@ def running_shell() -> Any:
     if shell_class is None or not shell_class.initialized():  # (None also while another thread imports it)
         return None
     return shell_class.instance()
+
+
+def clear() -> bool:
+    """``clear_output()`` in a capturing thread: its cell's output starts over (``wait`` makes no difference:
+    the cell is redrawn a few times a second anyway). False if the thread is not capturing."""
+    displays = current_displays()
+    if displays is None:
+        return False
+    _local.stdout.clear()
+    _local.stderr.clear()
+    displays.clear()
+    return True
 
 
 def current_figures() -> OrderedDict | None:

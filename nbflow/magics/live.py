@@ -35,11 +35,15 @@ class _Outbox:
         self.screens = out, err
         self.displays = displays
         self.version = 0  # of the displays last sent
+        self.clears = 0  # of the screens, as last sent
         out.fresh, err.fresh = [], []
 
     def report(self) -> dict[str, Any]:
         """What is new since the last report: ``{"stdout": (lines skipped or None, text), "displays": [...]}``."""
         report: dict[str, Any] = {}
+        clears = sum(screen.clears for screen in self.screens)
+        if clears != self.clears:  # clear_output(): what was sent before it is gone
+            self.clears = report["clear"] = clears
         for kind, screen in zip(STREAMS, self.screens, strict=True):
             text = screen.take()
             if len(text) > CHUNK:  # only the tail shows live: send from the first line begun in the last CHUNK
@@ -115,6 +119,8 @@ class Inbox:
     def receive(self, report: dict[str, Any]) -> None:
         with self._lock:
             for kind, screen in self._screens.items():
+                if "clear" in report:
+                    screen.clear()
                 if kind in report:
                     skipped, text = report[kind]
                     if skipped is not None:

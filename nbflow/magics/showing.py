@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from . import figures
-from .capture import current_displays, running_shell
+from .capture import clear, current_displays, running_shell
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 _BAR = 10  # characters of a progress bar's text form (tqdm's width when it does not know the terminal's)
@@ -56,13 +56,22 @@ def display(*objs: Any, raw: bool = False, display_id: Any = None, update: bool 
     return None
 
 
+def clear_output(wait: bool = False) -> None:
+    """``IPython.display.clear_output`` where no IPython shell runs: a task cell's output starts over."""
+    if not clear():
+        print("\033[2K\r", end="", flush=True)
+
+
 def use_for_ipython() -> None:
-    """Make ``IPython.display.display`` (and ``plt.show()``, see ``figures``) reach task cells where no IPython
-    shell runs; imported names are looked up at the cell's ``import``, so it finds this one."""
+    """Make ``IPython.display``'s ``display`` and ``clear_output`` reach task cells where no IPython shell runs;
+    names are looked up at the cell's ``import``, so it finds these."""
+    try:
+        import IPython.display  # noqa: F401  (once per process: the cell imports it after this)
+    except ImportError:  # a worker without IPython: nothing to reach
+        return
     for name in ("IPython.display", "IPython.core.display", "IPython.core.display_functions"):
-        module = sys.modules.get(name)
-        if module is not None and getattr(module, "display", display) is not display:
-            module.display = display
+        module = sys.modules[name]
+        module.display, module.clear_output = display, clear_output
 
 
 def widget_text(data: dict[str, Any]) -> str | None:

@@ -15,6 +15,7 @@ class Screen:
         self.lines: list[str] = []
         self.current = ""
         self.dropped = 0  # earlier lines let go by ``trim``
+        self.clears = 0  # how many times it was cleared
         self.fresh: list[str] | None = None  # when a list, every write is kept there too, until ``take``n
         self._cr = False  # the last write ended with a carriage return not yet known to be ``\r\n``
 
@@ -49,6 +50,13 @@ class Screen:
         lines = self.lines + [self.current] if self.current else self.lines
         hidden = max(len(lines) - count, 0)
         return self.dropped + hidden, "\n".join(lines[hidden:])
+
+    def clear(self) -> None:
+        """``clear_output()``: the cell's output starts over."""
+        self.lines, self.current, self.dropped, self._cr = [], "", 0, False
+        if self.fresh is not None:
+            del self.fresh[:]
+        self.clears += 1
 
     def take(self) -> str:
         """What was written since the last ``take`` (safe against a thread writing meanwhile)."""
