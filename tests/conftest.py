@@ -26,3 +26,14 @@ def fresh_engine():
         old, engines._current = engines._current, None
     if old is not None:
         old.close()
+
+
+@pytest.fixture
+def kernel(limits_dir):
+    """A real IPython kernel with the extension loaded, using this test's limits directory."""
+    from magics_nb.kernel import Kernel
+
+    k = Kernel({"NBFLOW_LIMITS_DIR": str(limits_dir)})
+    assert k.run("%load_ext nbflow").reply["status"] == "ok"
+    yield k
+    k.close()

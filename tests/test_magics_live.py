@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from magics_nb.kernel import Kernel, run_notebook
+from magics_nb.kernel import run_notebook
 
 from nbflow import sidechannel
 from nbflow.magics.capture import Displays
@@ -19,14 +19,6 @@ ENGINES = {
     "processes": "import nbflow\nnbflow.use('local', processes=True)",
     "dask": "import nbflow\nnbflow.use('dask', n_workers=1, threads_per_worker=2, processes=True)",
 }
-
-
-@pytest.fixture
-def kernel(limits_dir):
-    k = Kernel({"NBFLOW_LIMITS_DIR": str(limits_dir)})
-    assert k.run("%load_ext nbflow").reply["status"] == "ok"
-    yield k
-    k.close()
 
 
 def gate(path) -> str:
@@ -118,7 +110,7 @@ def test_display_and_plt_show_in_a_child_process_come_back_live_as_rich_outputs(
     kernel.drain()
     final = kernel.displays[rich]
     assert final["text/html"].count("<img") == 1  # plt.show() closed it: not shown again at the end
-    assert "*md*" in final["text/html"] and "broken repr" in final["text/plain"]
+    assert "<em>md</em>" in final["text/html"] and "broken repr" in final["text/plain"]
     assert "Figure size" in final["text/plain"]
 
 

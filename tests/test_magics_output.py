@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import queue
 
-import pytest
 from magics_nb.kernel import Kernel, run_notebook
 
 LINES = 20_000
@@ -17,14 +16,6 @@ BAR = (
     "    time.sleep(0.005)\n"
     "print(file=sys.stderr)\n"
 )
-
-
-@pytest.fixture
-def kernel(limits_dir):
-    k = Kernel({"NBFLOW_LIMITS_DIR": str(limits_dir)})
-    assert k.run("%load_ext nbflow").reply["status"] == "ok"
-    yield k
-    k.close()
 
 
 def output_bytes(kernel: Kernel, code: str, when_busy=None) -> int:

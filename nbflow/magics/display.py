@@ -34,8 +34,9 @@ def streams_bundle(streams: dict[str, str]) -> dict[str, str]:
 
 def compose(items: list[dict[str, Any]]) -> dict[str, Any]:
     """A cell's rich outputs (``display()``, figures, its last value) as one bundle. One is shown as it is (a
-    figure as PNG, a widget as a widget); several are laid out in order as HTML (Markdown, LaTeX and JSON as
-    their source text), with their texts as the text/plain fallback."""
+    figure as PNG, a widget as a widget); several are laid out in order as HTML (Markdown rendered with mistune
+    if it is there, LaTeX left to the front end to typeset, JSON as text), with their texts as the text/plain
+    fallback."""
     if len(items) <= 1:
         return items[0] if items else {"text/plain": ""}
     return {"text/html": "".join(_html(item) for item in items), "text/plain": _plain(items)}
@@ -53,11 +54,18 @@ def _html(item: dict[str, Any]) -> str:
     for kind in ("png", "jpeg"):
         if f"image/{kind}" in item:
             return f'<img src="data:image/{kind};base64,{item["image/" + kind]}">'
-    source = next((item[k] for k in ("text/markdown", "text/latex", "application/json") if k in item), None)
-    if source is None:
-        source = item.get("text/plain", "")
-    elif not isinstance(source, str):
-        source = json.dumps(source, indent=1)
+    if "text/markdown" in item:
+        try:
+            import mistune  # what nbconvert renders Markdown with; where it is missing, the source shows
+        except ImportError:
+            pass
+        else:
+            return mistune.html(item["text/markdown"])
+    if "text/latex" in item:  # the front end typesets it in HTML as in Markdown
+        return f"<div>{html.escape(item['text/latex'])}</div>"
+    source = item.get("text/markdown", item.get("text/plain", ""))
+    if "application/json" in item:
+        source = json.dumps(item["application/json"], indent=1)
     return f'<pre style="margin:2px 0">{html.escape(source)}</pre>'
 
 
