@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .context import TaskContext, current
 from .engines import engine, use
 from .errors import (
     LimitsDirError,
@@ -41,6 +42,7 @@ __all__ = [
     "ResourceSpecError",
     "SchedulerUnreachable",
     "Task",
+    "TaskContext",
     "TaskOptions",
     "TaskTimeout",
     "Unsatisfiable",
@@ -48,6 +50,7 @@ __all__ = [
     "WorkerDied",
     "as_completed",
     "concurrency",
+    "current",
     "engine",
     "gather",
     "limit",

@@ -60,7 +60,8 @@ def _worker_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
         uses = worker.get("resources") or {}
         bars = ", ".join(f"{name} {_used_of(name, use['used'], use['total'])}" for name, use in uses.items())
         counts = ", ".join(f"{worker.get(what, 0)} {what}" for what in ("running", "waiting", "queued"))
-        rows.append((str(worker.get("name", "?")), str(worker.get("host", "")), bars or "no resources", counts))
+        gpus = "".join(f", {use['task']} on GPU {use['ids']}" for use in worker.get("gpus") or ())
+        rows.append((str(worker.get("name", "?")), str(worker.get("host", "")), bars or "no resources", counts + gpus))
     return rows
 
 
@@ -72,11 +73,16 @@ def _limit_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, list[str]]
         name = lim["name"]
         holders = [
             f"pid {h['pid']}@{h['host']} task {h.get('task') or '-'} holds {format_amount(name, h['amount'])}"
-            f" for {format_duration(now - h['since'])}"
+            f"{_slots(h)} for {format_duration(now - h['since'])}"
             for h in lim.get("holders") or ()
         ]
         rows.append((name, _used_of(name, lim["used"], lim["capacity"]), f"{lim.get('waiting', 0)} waiting", holders))
     return rows
+
+
+def _slots(holder: Mapping[str, Any]) -> str:
+    slots = holder.get("slots")
+    return f" (slot {','.join(map(str, slots))})" if slots else ""
 
 
 def render_text(snap: Mapping[str, Any]) -> str:

@@ -13,6 +13,11 @@ class ResourceUse(TypedDict):
     used: float
 
 
+class GpuUse(TypedDict):
+    task: str  # its name
+    ids: str  # the GPUs it holds, as CUDA_VISIBLE_DEVICES names them ("3,5")
+
+
 class WorkerOccupancy(TypedDict):
     name: str
     host: str
@@ -20,6 +25,7 @@ class WorkerOccupancy(TypedDict):
     running: int  # tasks executing now
     waiting: int  # tasks assigned here that wait for a resource
     queued: int  # tasks assigned here, ready, waiting for a thread
+    gpus: list[GpuUse]  # the running tasks that hold GPUs here
 
 
 class HolderInfo(TypedDict):
@@ -28,6 +34,7 @@ class HolderInfo(TypedDict):
     task: str
     amount: float
     since: float  # epoch seconds
+    slots: list[int]  # device indices of the share (GPU slot k), empty for big limits
 
 
 class LimitInfo(TypedDict):

@@ -50,15 +50,19 @@ class DaskProcs:
         self.address = wait_until(lambda: _address_in(scheduler_file), what="the scheduler to start")
         self.client = distributed.Client(self.address, timeout=START_TIMEOUT, set_as_default=False)
 
-    def _start(self, name: str, argv: list[str]) -> subprocess.Popen:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         log = open(self.dir / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        env = {**self.env, **(env or {})}
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         log.close()
         self.procs.append(proc)
         return proc
 
-    def worker(self, name: str, resources: str | None = None, nthreads: int = 2) -> subprocess.Popen:
-        """Start ``dask worker --no-nanny`` (so SIGKILL hits the worker itself) and wait until it joined."""
+    def worker(
+        self, name: str, resources: str | None = None, nthreads: int = 2, env: dict[str, str] | None = None
+    ) -> subprocess.Popen:
+        """Start ``dask worker --no-nanny`` (so SIGKILL hits the worker itself), with ``env`` added to its
+        environment, and wait until it joined."""
         argv = [
             DASK,
             "worker",
@@ -74,7 +78,7 @@ class DaskProcs:
         ]
         if resources:
             argv += ["--resources", resources]
-        proc = self._start(name, argv)
+        proc = self._start(name, argv, env)
         self.workers[name] = proc
         wait_until(lambda: name in self.worker_names(), what=f"worker {name} to join")
         return proc

@@ -29,11 +29,17 @@ def fresh_engine():
 
 
 @pytest.fixture
-def kernel(limits_dir):
+def kernel_env() -> dict[str, str]:
+    """More environment for ``kernel`` (a module may override this fixture)."""
+    return {}
+
+
+@pytest.fixture
+def kernel(limits_dir, kernel_env):
     """A real IPython kernel with the extension loaded, using this test's limits directory."""
     from magics_nb.kernel import Kernel
 
-    k = Kernel({"NBFLOW_LIMITS_DIR": str(limits_dir)})
+    k = Kernel({"NBFLOW_LIMITS_DIR": str(limits_dir), **kernel_env})
     assert k.run("%load_ext nbflow").reply["status"] == "ok"
     yield k
     k.close()

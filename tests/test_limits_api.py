@@ -42,7 +42,7 @@ def test_holders_introspection_and_waiting_count(limits_dir):
     limit("L", 2)
     before = time.time()
     with acquire("L", 1.5, task="infer") as held:
-        assert isinstance(held, Holding) and held.name == "L" and held.amount == 1.5 and held.slots == ()
+        assert isinstance(held, Holding) and held.name == "L" and held.amount == 1.5 and held.slots == (0, 1)
         [holder] = status("L").holders
         assert (holder.pid, holder.host, holder.task, holder.amount) == (os.getpid(), os.uname().nodename, "infer", 1.5)
         assert before <= holder.since <= time.time()
@@ -78,9 +78,20 @@ def test_device_slots_are_lowest_free_indices(limits_dir):
     assert c.slots == (0,)
     b.release()
     c.release()
-    limit("F", 1)
-    with acquire("F", 0.25) as frac:
-        assert frac.slots == ()
+
+def test_fractions_share_a_device_and_pack_before_whole_amounts_take_theirs(limits_dir):
+    limit("GPU", 3)
+    halves = [acquire("GPU", 0.5) for _ in range(3)]
+    assert [h.slots for h in halves] == [(0,), (0,), (1,)]  # two halves fill device 0, the third starts device 1
+    whole = acquire("GPU", 1, timeout=5)
+    assert whole.slots == (2,)  # the one device no fraction uses
+    quarter = acquire("GPU", 0.25, timeout=5)
+    assert quarter.slots == (1,)  # packs beside the half on device 1
+    for held in [*halves, whole, quarter]:
+        held.release()
+    big = acquire("GPU", 1.5, timeout=5)
+    assert big.slots == (0, 1)  # more than one, not whole: devices of its own
+    big.release()
 
 
 def test_float_amounts_use_an_epsilon(limits_dir):

@@ -91,7 +91,9 @@ function workerTable(workers) {
     const host = worker.host && !String(worker.name).includes(worker.host) ? worker.host : null;
     return h("tr", { class: "nbflow-worker", "data-worker": worker.name },
       h("td", { class: "nbflow-wname", title: `${worker.name} on ${worker.host || "?"}` },
-        worker.name, host ? h("small", null, host) : null),
+        worker.name, host ? h("small", null, host) : null,
+        (worker.gpus || []).map((use) =>
+          h("small", { class: "nbflow-gpus", "data-task": use.task, "data-devices": use.ids }, `${use.task}: GPU ${use.ids}`))),
       names.map((name) => {
         const use = (worker.resources || {})[name];
         return h("td", null, use ? bar(name, use.used, use.total) : null);
@@ -115,6 +117,9 @@ function limitRow(limit) {
           h("span", null, `pid ${holder.pid}@${holder.host}`),
           h("span", { class: "nbflow-task" }, holder.task || "-"),
           h("span", null, amount(limit.name, holder.amount)),
+          (holder.slots || []).length
+            ? h("span", { class: "nbflow-slots", "data-slots": holder.slots.join(",") }, `slot ${holder.slots.join(",")}`)
+            : null,
           h("span", { class: "nbflow-held", "data-since": holder.since }, ""))))
       : null);
 }

@@ -23,8 +23,9 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .. import context
 from ..errors import UpstreamError
-from ..futures import Future, blocking, find_futures, substitute, upstream_value
+from ..futures import Future, blocking, find_futures, new_key, substitute, upstream_value
 from ..snapshot import empty_task_counts
 from .timers import Timers
 
@@ -159,11 +160,14 @@ class Engine:
             args, kwargs = substitute((args, kwargs), upstream_value)
         opts = task.options
         demands = self._holds(task)
+        key, here = new_key(opts.name), threading.current_thread().name
         for attempt in itertools.count():
             with blocking():  # in a task's thread, waiting for a limit lends the thread out
                 holdings = acquire_all(demands, task=opts.name) if demands else []
+            gpus = next((h.slots for h in holdings if h.name == "GPU"), ())
             try:
-                return task.fn(*args, **kwargs)
+                with context.running(context.of(key, opts.name, attempt, here, demands, gpus)):
+                    return task.fn(*args, **kwargs)
             except Exception:
                 if attempt >= opts.retries:
                     raise

@@ -24,7 +24,7 @@ from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
 from .core import Engine, Run
 from .dask_cluster import connect
-from .dask_worker import SIDE_TOPIC, STARTED_TOPIC, probe, run_task
+from .dask_worker import SIDE_TOPIC, STARTED_TOPIC, attempt_key, probe, run_task
 
 _REMOTE = object()  # result placeholder: the value stays on the cluster until someone asks for it
 
@@ -120,7 +120,7 @@ class DaskEngine(Engine):
         return {"resources": dict(task.options.resources) or None, "pure": False}
 
     def _place(self, run: Run) -> None:
-        key = run.fut.key if run.attempt == 0 else f"{run.fut.key}-retry{run.attempt}"
+        key = attempt_key(run.fut.key, run.attempt)
         try:
             args, kwargs = self._arguments(run)
             packed = cloudpickle.dumps(run.task)  # opaque to Dask: the scheduler passes the bytes on as they are
@@ -257,6 +257,7 @@ class DaskEngine(Engine):
                     "running": len(found["running"]),
                     "waiting": len(found["waiting"]),
                     "queued": found["queued"],
+                    "gpus": found["gpus"],
                 }
             )
             for key in found["waiting"]:

@@ -13,13 +13,14 @@ import queue
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from distributed import get_client, get_worker, rejoin, secede
 from distributed.comm.addressing import get_address_host
 
-from .. import sidechannel
+from .. import context, devices, sidechannel
 from ..errors import TaskTimeout, portable
 from ..futures import set_block_hook
 from ..options import Runnable
@@ -50,9 +51,11 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     try:
         holdings = _acquire_limits(opts.limits, opts.name) if opts.limits else []
         try:
+            ctx = _context(worker, key, opts, holdings)
             if opts.timeout is None:
-                return task.fn(*args, **kwargs)
-            return _run_with_deadline(task, args, kwargs, engine, holdings)
+                with context.running(ctx):
+                    return task.fn(*args, **kwargs)
+            return _run_with_deadline(task, args, kwargs, engine, holdings, ctx)
         finally:
             for holding in holdings:
                 holding.release()
@@ -65,6 +68,60 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         _starts.end(key)
         set_block_hook(None)
         bind(previous)
+
+
+def attempt_key(key: str, attempt: int) -> str:
+    """The Dask key of an attempt: the task's key, then ``<key>-retry<N>`` for the retries."""
+    return key if attempt == 0 else f"{key}-retry{attempt}"
+
+
+def _task_key(dask_key: str) -> tuple[str, int]:
+    """The task's key and the attempt number, from an attempt's Dask key (``attempt_key`` reversed)."""
+    key, sep, number = dask_key.rpartition("-retry")
+    return (key, int(number)) if sep and number.isdigit() else (dask_key, 0)
+
+
+class _Devices:
+    """The GPUs a task on this worker holds through its ``GPU`` resource, given back by ``release``."""
+
+    def __init__(self, table: devices.Table, amount: float, key: str, name: str) -> None:
+        self.table, self.amount, self.key, self.name = table, amount, key, name
+        self.ordinals = table.take(amount)
+        _holders[key] = self
+
+    def release(self) -> None:
+        if _holders.pop(self.key, None) is self:
+            self.table.give(self.ordinals, self.amount)
+
+
+_tables: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # worker -> devices.Table
+_holders: dict[str, _Devices] = {}  # Dask key -> the devices its attempt holds (for the panel)
+
+
+def _table(worker: Any) -> devices.Table:
+    """This worker's GPUs: its ``CUDA_VISIBLE_DEVICES``, else as many as its ``GPU`` resource."""
+    table = _tables.get(worker)
+    if table is None:
+        ids = devices.visible()
+        count = len(ids) if ids is not None else int(worker.state.total_resources.get("GPU", 0))
+        table = _tables.setdefault(worker, devices.Table(count))
+    return table
+
+
+def _context(worker: Any, dask_key: str, opts: Any, holdings: list) -> context.TaskContext:
+    """The attempt's ``nbflow.current()``: GPUs from a machine-wide ``GPU`` limit it holds (distinct across the
+    machine), else from this worker's devices for its ``GPU`` resource (distinct on this worker)."""
+    gpus: tuple[int, ...] = next((h.slots for h in holdings if h.name == "GPU"), ())
+    amount = opts.resources.get("GPU", 0)
+    if not gpus and amount:
+        held = _Devices(_table(worker), amount, dask_key, opts.name)
+        holdings.append(held)  # released with the limits: when the function has really stopped
+        gpus = held.ordinals
+    holds = dict(opts.resources)
+    for name, value in opts.limits.items():
+        holds[name] = holds.get(name, 0.0) + value
+    key, attempt = _task_key(dask_key)
+    return context.of(key, opts.name, attempt, str(worker.name), holds, gpus)
 
 
 def _send_side(worker: Any, channel: str, message: Any) -> None:
@@ -205,7 +262,9 @@ class _Relay:
             self.call(_rejoin_once)
 
 
-def _run_with_deadline(task: Runnable, args: tuple, kwargs: dict, engine: Any, holdings: list) -> Any:
+def _run_with_deadline(
+    task: Runnable, args: tuple, kwargs: dict, engine: Any, holdings: list, ctx: context.TaskContext
+) -> Any:
     """Run the task in a helper thread and raise ``TaskTimeout`` in this one at the deadline.
 
     At the deadline the worker thread and the task's Dask resources are free at once; the helper gets an
@@ -229,7 +288,8 @@ def _run_with_deadline(task: Runnable, args: tuple, kwargs: dict, engine: Any, h
         set_block_hook(relay.seceded)
         try:
             try:
-                outcome["value"] = task.fn(*args, **kwargs)
+                with context.running(ctx):
+                    outcome["value"] = task.fn(*args, **kwargs)
             except BaseException as exc:  # handed to the task thread, which raises it
                 outcome["error"] = exc
         finally:
@@ -316,4 +376,9 @@ def probe(dask_worker: Any) -> dict[str, Any]:
         "running": [ts.key for ts in state.executing] + [ts.key for ts in state.long_running],
         "waiting": [ts.key for ts in state.constrained],
         "queued": len(state.ready),
+        "gpus": [  # the devices each running task holds through this worker's GPU resource
+            {"task": held.name, "ids": devices.physical(held.ordinals)}
+            for held in list(_holders.values())
+            if held.table is _tables.get(dask_worker)
+        ],
     }

@@ -8,14 +8,18 @@ whoever sees a task done sees its share free.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
+import os
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .. import context, devices
+from ..context import TaskContext
 from ..errors import ResourceSpecError, TaskTimeout
 from ..futures import set_block_hook
 from ..options import Runnable
@@ -148,36 +152,39 @@ class LocalEngine(Engine):
             return
         value = exc = None
         try:
-            call = self._prepare(run, attempt, thread)
+            call, ctx = self._prepare(run, attempt, thread)
             timeout = run.task.options.timeout
             if timeout is not None:
                 attempt.timer = self._timeouts.call_later(timeout, functools.partial(self._timed_out, run, attempt))
-            value = call()
+            with context.running(ctx):
+                value = call()
         except BaseException as error:  # SystemExit, KeyboardInterrupt raised by the task end it too
             exc = error
         self._stop_timer(attempt)
         self._release(attempt.holdings)
         self._ended(run, attempt.number, value, exc)
 
-    def _prepare(self, run: _LocalRun, attempt: _Attempt, thread: str) -> Callable[[], Any]:
-        """Resolve the arguments and pick where the attempt runs (this thread, or this thread's child)."""
+    def _prepare(self, run: _LocalRun, attempt: _Attempt, thread: str) -> tuple[Callable[[], Any], TaskContext]:
+        """Resolve the arguments and pick where the attempt runs (this thread, or this thread's child); the
+        task's context, with the GPUs its ``GPU`` share hands out."""
         args, kwargs = self._arguments(run)
         fn = run.task.fn
+        gpus = next((h.slots for h in attempt.holdings if h.name == "GPU"), ())
         if not self.processes:
-            return functools.partial(fn, *args, **kwargs)
+            ctx = context.of(run.fut.key, run.name, attempt.number, thread, run.demands or {}, gpus)
+            return functools.partial(fn, *args, **kwargs), ctx
         child = getattr(self._local, "child", None)
         if child is None:
             from .procpool import ChildProcess
 
             child = self._local.child = ChildProcess()
-        env = {}
-        for h in attempt.holdings:
-            if h.name == "GPU" and h.slots:
-                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, h.slots))
+        env = {"CUDA_VISIBLE_DEVICES": devices.physical(gpus)} if gpus else {}  # the child sees only its own
         run.fut.worker = f"{thread}/pid {child.start(env)}"
+        ctx = context.of(run.fut.key, run.name, attempt.number, run.fut.worker, run.demands or {}, gpus)
+        ctx = dataclasses.replace(ctx, gpus=tuple(range(len(gpus))))  # ordinals within the child's devices
         attempt.child = child
         keep = [h.fileno() for h in attempt.holdings]
-        return functools.partial(child.run, fn, args, kwargs, env, keep)
+        return functools.partial(child.run, fn, args, kwargs, env, keep, ctx), None
 
     def _stop_timer(self, attempt: _Attempt) -> None:
         """The attempt returned: disarm its timeout, and take back the slot if the timeout had lent it."""
@@ -242,6 +249,13 @@ class LocalEngine(Engine):
                     "running": counts["running"],
                     "waiting": counts["waiting"],
                     "queued": self._pool.queued,
+                    "gpus": [  # this kernel's tasks holding GPU slots (children run with the kernel's shares)
+                        {"task": holder["task"], "ids": devices.physical(holder["slots"])}
+                        for info in snapshot
+                        if info["name"] == "GPU"
+                        for holder in info["holders"]
+                        if holder["pid"] == os.getpid() and holder["slots"]
+                    ],
                 }
             ],
             "tasks": counts,

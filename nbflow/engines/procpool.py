@@ -23,7 +23,7 @@ from typing import Any
 
 import cloudpickle
 
-from .. import sidechannel
+from .. import context, sidechannel
 from ..errors import WorkerDied, portable
 
 _SIDE = b"nbflow-side:"  # leads a side-channel message in the child's replies (a pickle starts with 0x80)
@@ -64,8 +64,11 @@ class ChildProcess:
             self._devices = devices
         return self._proc.pid
 
-    def run(self, fn: Any, args: tuple, kwargs: dict, env: dict[str, str], keep: Sequence[int] = ()) -> Any:
-        """Run ``fn(*args, **kwargs)`` in the child with ``env`` set; its exception is re-raised here.
+    def run(
+        self, fn: Any, args: tuple, kwargs: dict, env: dict[str, str], keep: Sequence[int] = (), ctx: Any = None
+    ) -> Any:
+        """Run ``fn(*args, **kwargs)`` in the child with ``env`` set and ``ctx`` as ``nbflow.current()``; its
+        exception is re-raised here.
 
         ``keep`` are the locked slot-file descriptors of the shares the task holds: the child holds copies
         while it runs, so if this process dies first, the shares stay taken until the child is gone too.
@@ -75,7 +78,7 @@ class ChildProcess:
         if keep:
             with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
                 socket.send_fds(sock, [b"F"], list(keep))
-        self._conn.send_bytes(cloudpickle.dumps((fn, args, kwargs, env)))
+        self._conn.send_bytes(cloudpickle.dumps((fn, args, kwargs, env, ctx)))
         try:
             while (reply := self._conn.recv_bytes()).startswith(_SIDE):  # what the task shows while it runs
                 sidechannel.deliver(*cloudpickle.loads(reply[len(_SIDE) :]))
@@ -164,10 +167,11 @@ def _exit_with(parent: int) -> None:
 def _run(data: bytes) -> bytes:
     saved: dict[str, str | None] = {}
     try:
-        fn, args, kwargs, env = cloudpickle.loads(data)
+        fn, args, kwargs, env, ctx = cloudpickle.loads(data)
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
-        reply = (True, fn(*args, **kwargs), "")
+        with context.running(ctx):
+            reply = (True, fn(*args, **kwargs), "")
     except BaseException as exc:
         text = traceback.format_exc()
         reply = (False, portable(exc, text), text)

@@ -30,7 +30,8 @@ def keep_spare(slots_dir: str, fd: int, path: str, size: int) -> None:
 class Holding:
     """A granted share of a limit: ``release()`` (idempotent) or use it as a context manager.
 
-    ``slots`` are the device indices of a whole-number amount (GPU slot k), else ``()``.
+    ``slots`` are its device indices (GPU slot k; see ``nbflow.devices``), ``()`` for limits too large to be
+    devices.
     The share is a visible slot file kept flocked through ``_fd``; the kernel drops that lock when the
     process dies, which is how a killed holder's share is freed without leases or timers.
     """

@@ -33,8 +33,8 @@ from .slotfiles import (
     entries,
     filelock,
     fits,
-    free_indices,
     lock_nb,
+    pick_devices,
     publish,
     read_live,
     reap,
@@ -120,6 +120,7 @@ class Limit(Capacity):
                     task=str(fields.get("task", "")),
                     amount=float(fields.get("amount", used_of([entry]))),
                     since=float(fields.get("since", 0.0)),
+                    slots=tuple(int(i) for i in fields.get("slots") or () if isinstance(i, int)),
                 )
             )
         return sorted(out, key=lambda h: h.since)
@@ -275,7 +276,7 @@ class Limit(Capacity):
 
     def _grant(self, amount: float, task: str, capacity: float, names: list[str]) -> Holding:
         """As head: publish a slot file (a reused spare when this process has one) under its final name."""
-        slots = free_indices(names, int(amount), capacity) if amount.is_integer() else ()
+        slots = pick_devices(names, amount, capacity)
         since = time.time()
         holding = Holding(self.name, amount, slots, task, since, self.slots_dir, self.wake_path)
         data = record(task, amount, since, slots)

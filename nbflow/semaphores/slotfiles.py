@@ -12,6 +12,7 @@ import json
 import os
 from json.encoder import encode_basestring
 
+from ..devices import choose, weight
 from .damage import check_regular, misplaced
 from .forksafe import HOST, close_tracked, open_tracked, pid, unique
 
@@ -165,20 +166,21 @@ def used_of(names: list[str]) -> float:
     return used
 
 
-def free_indices(names: list[str], count: int, capacity: float) -> tuple[int, ...]:
-    """The ``count`` lowest device indices in ``range(capacity)`` that no holder has; none for limits
-    larger than ``MAX_INDEXED`` (MEMORY bytes are not devices)."""
+def pick_devices(names: list[str], amount: float, capacity: float) -> tuple[int, ...]:
+    """The device indices in ``range(capacity)`` for a new holder of ``amount``, given the holders' file names
+    (see ``nbflow.devices.choose``); none for limits larger than ``MAX_INDEXED`` (MEMORY bytes are not devices)."""
     if capacity > MAX_INDEXED:
         return ()
-    if not names:
-        return tuple(range(count))
-    taken: set[int] = set()
+    load = [0.0] * int(capacity + EPS * max(capacity, 1.0))
     for entry in names:
         parts = entry.split("_", 2)
         if len(parts) == 3 and parts[1]:
-            taken.update(int(i) for i in parts[1].split(",") if i.isdigit())
-    free = [i for i in range(int(capacity + EPS * max(capacity, 1.0))) if i not in taken]
-    return tuple(free[:count]) if len(free) >= count else ()
+            indices = [int(i) for i in parts[1].split(",") if i.isdigit()]
+            share = weight(float(parts[0]), len(indices))
+            for i in indices:
+                if i < len(load):
+                    load[i] += share
+    return choose(load, amount)
 
 
 def holder_pids(names: list[str]) -> set[int]:

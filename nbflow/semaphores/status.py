@@ -14,6 +14,7 @@ class Holder:
     task: str
     amount: float
     since: float  # epoch seconds
+    slots: tuple[int, ...] = ()  # device indices of the share (GPU slot k)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,54 @@
+"""``nbflow.current()``: inside a running task, what the task is and what it holds (its GPUs above all).
+
+Each engine sets it around the attempt it runs (in the thread that runs it, in the child process, on the
+Dask worker); task cells see their own through ``nbflow.current()`` in the cell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+
+from . import devices
+
+_local = threading.local()
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskContext:
+    """The running task: ``gpus`` are ordinals within this process's visible devices (``cuda:{gpus[0]}``);
+    ``cuda_visible_devices`` the same devices' ids, for a subprocess the task starts."""
+
+    key: str
+    name: str
+    attempt: int  # 0 for the first
+    worker: str | None
+    resources: Mapping[str, float]  # what it holds: resources and limits, {name: amount}
+    gpus: tuple[int, ...] = ()
+    cuda_visible_devices: str | None = None  # None when it holds no GPU
+
+
+def current() -> TaskContext | None:
+    """The task running in this thread, or ``None`` outside a task."""
+    return getattr(_local, "context", None)
+
+
+def of(
+    key: str, name: str, attempt: int, worker: str | None, holds: Mapping[str, float], gpus: Sequence[int]
+) -> TaskContext:
+    """The context of a task holding the devices ``gpus`` (ordinals of this process's visible devices)."""
+    ids = devices.physical(gpus) if gpus else None
+    return TaskContext(key, name, attempt, worker, dict(holds), tuple(gpus), ids)
+
+
+@contextlib.contextmanager
+def running(context: TaskContext | None) -> Iterator[None]:
+    """Make ``context`` what ``current()`` returns in this thread for the duration."""
+    saved = getattr(_local, "context", None)
+    _local.context = context
+    try:
+        yield
+    finally:
+        _local.context = saved
