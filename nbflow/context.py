@@ -32,7 +32,10 @@ class TaskContext:
 
 def current() -> TaskContext | None:
     """The task running in this thread, or ``None`` outside a task."""
-    return getattr(_local, "context", None)
+    ctx = getattr(_local, "context", None)
+    if isinstance(ctx, tuple):  # built on first use: most tasks never ask
+        ctx = _local.context = of(*ctx)
+    return ctx
 
 
 def of(
@@ -43,12 +46,23 @@ def of(
     return TaskContext(key, name, attempt, worker, dict(holds), tuple(gpus), ids)
 
 
-@contextlib.contextmanager
-def running(context: TaskContext | None) -> Iterator[None]:
-    """Make ``context`` what ``current()`` returns in this thread for the duration."""
+def enter(context: TaskContext | tuple | None) -> object:
+    """Make ``context`` (or the arguments of ``of`` for it) this thread's current task; returns what ``leave``
+    needs to restore the one before (a task's direct call of another task nests)."""
     saved = getattr(_local, "context", None)
     _local.context = context
+    return saved
+
+
+def leave(saved: object) -> None:
+    _local.context = saved
+
+
+@contextlib.contextmanager
+def running(context: TaskContext | tuple | None) -> Iterator[None]:
+    """``enter`` and ``leave`` around a block."""
+    saved = enter(context)
     try:
         yield
     finally:
-        _local.context = saved
+        leave(saved)

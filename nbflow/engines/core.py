@@ -166,7 +166,7 @@ class Engine:
                 holdings = acquire_all(demands, task=opts.name) if demands else []
             gpus = next((h.slots for h in holdings if h.name == "GPU"), ())
             try:
-                with context.running(context.of(key, opts.name, attempt, here, demands, gpus)):
+                with context.running((key, opts.name, attempt, here, demands, gpus)):
                     return task.fn(*args, **kwargs)
             except Exception:
                 if attempt >= opts.retries:

@@ -53,8 +53,11 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         try:
             ctx = _context(worker, key, opts, holdings)
             if opts.timeout is None:
-                with context.running(ctx):
+                saved = context.enter(ctx)
+                try:
                     return task.fn(*args, **kwargs)
+                finally:
+                    context.leave(saved)
             return _run_with_deadline(task, args, kwargs, engine, holdings, ctx)
         finally:
             for holding in holdings:
@@ -108,20 +111,23 @@ def _table(worker: Any) -> devices.Table:
     return table
 
 
-def _context(worker: Any, dask_key: str, opts: Any, holdings: list) -> context.TaskContext:
-    """The attempt's ``nbflow.current()``: GPUs from a machine-wide ``GPU`` limit it holds (distinct across the
-    machine), else from this worker's devices for its ``GPU`` resource (distinct on this worker)."""
+def _context(worker: Any, dask_key: str, opts: Any, holdings: list) -> tuple:
+    """The attempt's ``nbflow.current()`` (the arguments of ``context.of``): GPUs from a machine-wide ``GPU``
+    limit it holds (distinct across the machine), else from this worker's devices for its ``GPU`` resource
+    (distinct on this worker)."""
     gpus: tuple[int, ...] = next((h.slots for h in holdings if h.name == "GPU"), ())
     amount = opts.resources.get("GPU", 0)
     if not gpus and amount:
         held = _Devices(_table(worker), amount, dask_key, opts.name)
         holdings.append(held)  # released with the limits: when the function has really stopped
         gpus = held.ordinals
-    holds = dict(opts.resources)
-    for name, value in opts.limits.items():
-        holds[name] = holds.get(name, 0.0) + value
+    holds = opts.resources
+    if opts.limits:
+        holds = dict(holds)
+        for name, value in opts.limits.items():
+            holds[name] = holds.get(name, 0.0) + value
     key, attempt = _task_key(dask_key)
-    return context.of(key, opts.name, attempt, str(worker.name), holds, gpus)
+    return (key, opts.name, attempt, str(worker.name), holds, gpus)
 
 
 def _send_side(worker: Any, channel: str, message: Any) -> None:
@@ -263,7 +269,7 @@ class _Relay:
 
 
 def _run_with_deadline(
-    task: Runnable, args: tuple, kwargs: dict, engine: Any, holdings: list, ctx: context.TaskContext
+    task: Runnable, args: tuple, kwargs: dict, engine: Any, holdings: list, ctx: tuple
 ) -> Any:
     """Run the task in a helper thread and raise ``TaskTimeout`` in this one at the deadline.
 

@@ -19,7 +19,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import context, devices
-from ..context import TaskContext
 from ..errors import ResourceSpecError, TaskTimeout
 from ..futures import set_block_hook
 from ..options import Runnable
@@ -156,22 +155,25 @@ class LocalEngine(Engine):
             timeout = run.task.options.timeout
             if timeout is not None:
                 attempt.timer = self._timeouts.call_later(timeout, functools.partial(self._timed_out, run, attempt))
-            with context.running(ctx):
+            saved = context.enter(ctx)
+            try:
                 value = call()
+            finally:
+                context.leave(saved)
         except BaseException as error:  # SystemExit, KeyboardInterrupt raised by the task end it too
             exc = error
         self._stop_timer(attempt)
         self._release(attempt.holdings)
         self._ended(run, attempt.number, value, exc)
 
-    def _prepare(self, run: _LocalRun, attempt: _Attempt, thread: str) -> tuple[Callable[[], Any], TaskContext]:
+    def _prepare(self, run: _LocalRun, attempt: _Attempt, thread: str) -> tuple[Callable[[], Any], tuple | None]:
         """Resolve the arguments and pick where the attempt runs (this thread, or this thread's child); the
         task's context, with the GPUs its ``GPU`` share hands out."""
         args, kwargs = self._arguments(run)
         fn = run.task.fn
         gpus = next((h.slots for h in attempt.holdings if h.name == "GPU"), ())
         if not self.processes:
-            ctx = context.of(run.fut.key, run.name, attempt.number, thread, run.demands or {}, gpus)
+            ctx = (run.fut.key, run.name, attempt.number, thread, run.demands or {}, gpus)  # see context.of
             return functools.partial(fn, *args, **kwargs), ctx
         child = getattr(self._local, "child", None)
         if child is None:

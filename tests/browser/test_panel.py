@@ -59,6 +59,12 @@ def test_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path) -> None:
     assert sum(bar[0] for bar in workers) == 2, workers
     holders = page.locator('.nbflow-limit[data-limit="GPU"] .nbflow-holder')
     assert holders.count() == 2 and "infer" in holders.first.inner_text()
+    slots = page.eval_on_selector_all(".nbflow-holder .nbflow-slots", "els => els.map(e => e.dataset.slots)")
+    assert sorted(slots) == ["0", "1"]  # each holder's GPU
+    gpus = page.eval_on_selector_all(
+        ".nbflow-worker .nbflow-gpus", "els => els.map(e => e.dataset.task + ':' + e.dataset.devices)"
+    )
+    assert sorted(gpus) == ["infer:0", "infer:1"]  # the worker row says which task holds which GPU
     page.locator(".nbflow-monitor").screenshot(path=tmp_path / "panel-busy.png")
     shutil.copy(tmp_path / "panel-busy.png", OUTPUT / "monitor-busy.png")
 
@@ -67,6 +73,7 @@ def test_panel_in_jupyterlab(lab: Lab, page, tmp_path: Path) -> None:
     wait_for(page, all_used(0), ["GPU", ""], "the GPU bars did not fall to 0")
     bars = page.evaluate(READ_BARS, ["GPU", ""])
     assert all(width == 0 and text.startswith("0/") for _, _, width, text in bars), bars
+    assert page.locator(".nbflow-worker .nbflow-gpus").count() == 0
     page.wait_for_function(
         "() => document.querySelector('.nbflow-count.nbflow-finished b')?.textContent === '3'", timeout=30_000
     )
