@@ -28,8 +28,8 @@ def _fail(message: str):
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="nbflow", description="Machine-wide limits of nbflow.")
-    commands = parser.add_subparsers(dest="command", metavar="{limits,status}", parser_class=_Parser)
+    parser = _Parser(prog="nbflow", description="Machine-wide limits and the result cache of nbflow.")
+    commands = parser.add_subparsers(dest="command", metavar="{limits,status,cache}", parser_class=_Parser)
     commands.required = True
     lim = commands.add_parser("limits", help="set, list or remove this machine's limits")
     actions = lim.add_subparsers(dest="action", metavar="{set,ls,rm}", parser_class=_Parser)
@@ -41,6 +41,12 @@ def _parser() -> argparse.ArgumentParser:
     rm = actions.add_parser("rm", help="remove a limit's capacity (holders keep their share until they release)")
     rm.add_argument("name")
     commands.add_parser("status", help="current occupancy of this machine's limits: holders and waiters")
+    cache = commands.add_parser("cache", help="list or clear cached task results")
+    cached = cache.add_subparsers(dest="action", metavar="{ls,clear}", parser_class=_Parser)
+    cached.required = True
+    cached.add_parser("ls", help="list the cached results, most recently used first")
+    clear = cached.add_parser("clear", help="delete the cached results of a task (all of them without NAME)")
+    clear.add_argument("name", nargs="?", help="task name")
     return parser
 
 
@@ -51,7 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .specs import check_name, parse_amount
 
     try:
-        if args.command == "status":
+        if args.command == "cache":
+            _cache(args)
+        elif args.command == "status":
             print(_status_table(lim.limits()))
         elif args.action == "set":
             name = check_name(args.name)
@@ -63,6 +71,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (NbflowError, OSError) as exc:
         _fail(str(exc))
     return 0
+
+
+def _cache(args: argparse.Namespace) -> None:
+    from . import caching
+
+    if args.action == "clear":
+        count = caching.clear(args.name)
+        print(f"deleted {count} cached result(s)" + (f" of {args.name}" if args.name else ""))
+        return
+    entries = caching.entries()
+    if not entries:
+        print(f"no cached results in {caching.cache_dir()}")
+        return
+    rows = [["TASK", "KEY", "SIZE", "TOOK", "MADE", "LAST USED"]]
+    for e in entries:
+        made, used = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) for t in (e.created, e.used))
+        rows.append([e.name, e.key[:12], f"{e.size}", f"{e.duration:.2f}s", made, used])
+    print(_table(rows))
 
 
 def _table(rows: list[list[str]]) -> str:

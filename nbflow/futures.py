@@ -48,7 +48,8 @@ def new_key(name: str) -> str:
 
 
 class Future(cf.Future):
-    """The result of a submitted task; also exposes ``name``, ``key``, ``status``, ``worker`` and ``attempt``."""
+    """The result of a submitted task; also exposes ``name``, ``key``, ``status``, ``worker``, ``attempt`` and, for
+    cached tasks, ``cache_key`` and ``cached``."""
 
     def __init__(self, name: str, key: str | None = None) -> None:
         super().__init__()
@@ -58,6 +59,8 @@ class Future(cf.Future):
         self.phase = "pending"  # pending | waiting | running, set by the engine while not done
         self.attempt = 0  # the attempt running or next to run: 1 once the first failure is to be retried
         self.on_cancel: Callable[[], object] | None = None  # the engine's hook, run once when cancel() succeeds
+        self.cache_key: str | None = None  # a cached task's: the key its value is stored under
+        self.cached: Any = None  # the cache entry it was read from (``caching.Entry``), if it did not run
         self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
 
     @property

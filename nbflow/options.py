@@ -42,6 +42,9 @@ class TaskOptions:
     retries: int = 0
     retry_delay: float = 0.0
     timeout: float | None = None
+    cache: bool = False
+    cache_key: Callable[..., str] | None = None
+    cache_expiration: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -54,11 +57,21 @@ class TaskOptions:
         object.__setattr__(self, "retry_delay", seconds("retry_delay", self.retry_delay, zero_ok=True))
         if self.timeout is not None:
             object.__setattr__(self, "timeout", seconds("timeout", self.timeout, zero_ok=False))
+        if not isinstance(self.cache, bool):
+            raise ResourceSpecError(f"cache must be True or False, got {self.cache!r}")
+        if self.cache_key is not None and not callable(self.cache_key):
+            raise ResourceSpecError(f"cache_key must be a function of the call's arguments, got {self.cache_key!r}")
+        if self.cache_expiration is not None:
+            expiration = seconds("cache_expiration", self.cache_expiration, zero_ok=False)
+            object.__setattr__(self, "cache_expiration", expiration)
+        if (self.cache_key is not None or self.cache_expiration is not None) and not self.cache:
+            object.__setattr__(self, "cache", True)  # asking how to cache means caching
 
     def __reduce__(self):  # constructor arguments pickle smaller and faster than state
         return (
             TaskOptions,
-            (self.name, dict(self.resources), dict(self.limits), self.retries, self.retry_delay, self.timeout),
+            (self.name, dict(self.resources), dict(self.limits), self.retries, self.retry_delay, self.timeout)
+            + ((self.cache, self.cache_key, self.cache_expiration) if self.cache else ()),
         )
 
 

@@ -6,6 +6,7 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, overload
 
+from . import caching
 from .engines import engine
 from .futures import Future
 from .options import TaskOptions, changed
@@ -25,12 +26,15 @@ class Task:
 
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Run in the background on the current engine; never blocks on resources."""
+        if self.options.cache:
+            return caching.submit_many(self, [(args, kwargs)])[0]
         return engine().submit(self, args, kwargs)
 
     def map(self, *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
         """One task per element (zipped, like the built-in ``map``), submitted as one batch; ``kwargs`` go to
         every call."""
-        return engine().map(self, [(args, kwargs) for args in zip(*iterables, strict=False)])
+        calls = [(args, kwargs) for args in zip(*iterables, strict=False)]
+        return caching.submit_many(self, calls) if self.options.cache else engine().map(self, calls)
 
     def with_options(self, **changes: Any) -> Task:
         """A copy of this task with some options changed, e.g. ``infer.with_options(resources={"GPU": 2})``."""
@@ -38,6 +42,8 @@ class Task:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run now, in this thread, holding the task's resources and limits while it runs."""
+        if self.options.cache:
+            return caching.call(self, args, kwargs)
         return engine().call(self, args, kwargs)
 
     def __repr__(self) -> str:
@@ -58,10 +64,26 @@ def task(
     retries: int = 0,
     retry_delay: float = 0.0,
     timeout: float | None = None,
+    cache: bool = False,
+    cache_key: Callable[..., str] | None = None,
+    cache_expiration: float | None = None,
 ) -> Callable[[Callable[..., Any]], Task]: ...
 
 
-def task(fn=None, /, *, name=None, resources=None, limits=None, retries=0, retry_delay=0.0, timeout=None):
+def task(
+    fn=None,
+    /,
+    *,
+    name=None,
+    resources=None,
+    limits=None,
+    retries=0,
+    retry_delay=0.0,
+    timeout=None,
+    cache=False,
+    cache_key=None,
+    cache_expiration=None,
+):
     """Mark a function as a task: ``@nbflow.task`` or ``@nbflow.task(resources={"GPU": 1}, retries=2)``.
 
     Options are checked here, so a bad one fails at the decorator, not when the task first runs.
@@ -73,6 +95,9 @@ def task(fn=None, /, *, name=None, resources=None, limits=None, retries=0, retry
         retries=retries,
         retry_delay=retry_delay,
         timeout=timeout,
+        cache=cache,
+        cache_key=cache_key,
+        cache_expiration=cache_expiration,
     )
 
     def wrap(f: Callable[..., Any]) -> Task:

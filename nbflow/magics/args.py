@@ -99,6 +99,7 @@ def cancel():
 @argument("--retries", type=_count(0), metavar="N", default=0, help="Re-runs after a failure (default 0).")
 @argument("--timeout", type=_seconds, metavar="SECONDS", help="Fail with TaskTimeout after this many seconds.")
 @argument("--block", action="store_true", help="Wait for the task and show its output like an ordinary cell.")
+@argument("--cache", action="store_true", help="Reuse the stored result of an unchanged cell with unchanged inputs.")
 def task():
     """(cell magic) Run the cell as a background task. It reads the notebook variables it uses (futures
     among them are dependencies); each variable it assigns is bound to a Future at once and to its value

@@ -200,6 +200,11 @@ class CellCode:
         self.shows_value = shows_value
         self.channel = f"nbflow-cell-{uuid.uuid4().hex}"  # what it shows while it runs goes there (``live``)
 
+    @property
+    def _nbflow_source(self) -> str:
+        """What the cache hashes as this cell's code (see ``nbflow.caching.keys``)."""
+        return self.source
+
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()

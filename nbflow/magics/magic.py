@@ -136,6 +136,7 @@ class NbflowMagics(Magics):
             limits=args.resources("--limits", parsed.limits),
             retries=parsed.retries,
             timeout=parsed.timeout,
+            cache=parsed.cache,
         )
         cell = TaskCell(shell, options, plan, CellCode(source, filename, plan.outputs, plan.shows_value))
         if not parsed.block:

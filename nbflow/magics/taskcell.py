@@ -58,6 +58,7 @@ class TaskCell:
         self.outcome = ""  # "finished" | "error" | "cancelled" once settled
         self.error: BaseException | None = None
         self.report: dict[str, Any] = {}  # stdout, stderr, traceback, value once settled
+        self.cached: Any = None  # the cache entry its result was read from, if it did not run
         self._submitted = time.monotonic()
         self._ended = 0.0
         self._drawn = 0  # the inbox version last drawn
@@ -90,6 +91,9 @@ class TaskCell:
     def state(self) -> str:
         """The status line: queued / waiting for GPU / running on worker X / done in 3.2 s / failed ..."""
         took = f"{self._ended - self._submitted:.1f} s"
+        if self.cached is not None and self.outcome == "finished":
+            made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.cached.created))
+            return f"cached (run of {made}, which took {self.cached.duration:.1f} s)"
         if self.outcome:
             return {"finished": f"done in {took}", "error": f"failed after {took}"}.get(self.outcome, self.outcome)
         fut = self.future
@@ -123,7 +127,7 @@ class TaskCell:
                 report = dict(getattr(self.error, "_nbflow_cell", None) or {})
                 report.setdefault("traceback", summary(self.error))
             else:
-                outcome, result = "finished", fut.result()
+                outcome, result, self.cached = "finished", fut.result(), fut.cached
                 self._rebind(result["outputs"])
                 report = {key: item for key, item in result.items() if key != "outputs"}
             with self._lock:

@@ -1,0 +1,139 @@
+"""Results cached across re-runs, kernels and processes: ``@nbflow.task(cache=True)``.
+
+A cached call whose key is stored returns the stored value without running, on every engine; on Dask such
+a hit never reaches the cluster. A miss runs once per key across the machine: it holds a lock on the key
+while it computes, so the same call made meanwhile by another process waits and then reads the entry. Only
+successes are stored.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from ..engines import engine
+from ..futures import Future, find_futures
+from .keys import Unknown, call_key, code_hash
+from .store import Entry, Store, cache_dir
+
+__all__ = ["Entry", "cache_dir", "clear", "entries"]
+
+KEY = "_nbflow_cache_key"  # the keyword a call's key travels in, when it is known at submit
+
+
+def store() -> Store:
+    return Store(cache_dir())
+
+
+def entries() -> list[Entry]:
+    """What the cache holds, most recently used first (``nbflow cache ls``)."""
+    return store().entries()
+
+
+def clear(name: str | None = None) -> int:
+    """Delete the cached results of task ``name``, or all of them; how many were deleted."""
+    return store().clear(name)
+
+
+class Cached:
+    """A cached task's function as the engines run it: look the key up, else compute under the key's lock,
+    store, return. Picklable: it runs in threads, child processes and on Dask workers alike."""
+
+    def __init__(self, fn: Callable[..., Any], name: str, code: str, cache_key: Callable | None, root: str,
+                 expiration: float | None) -> None:  # fmt: skip
+        self.fn, self.name, self.code, self.cache_key = fn, name, code, cache_key
+        self.root, self.expiration = root, expiration
+
+    def key(self, args: tuple, kwargs: dict) -> str:
+        return call_key(self.name, self.code, args, kwargs, self.cache_key)
+
+    def lookup(self, key: str) -> tuple[Entry, Any] | None:
+        from pathlib import Path
+
+        return Store(Path(self.root)).get(key, self.expiration)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from pathlib import Path
+
+        key = kwargs.pop(KEY, None) or self.key(args, kwargs)
+        shelf = Store(Path(self.root))
+        with shelf.computing(key):
+            found = shelf.get(key, self.expiration)
+            if found is not None:  # another process computed it while this one waited
+                return found[1]
+            start = time.monotonic()
+            value = self.fn(*args, **kwargs)
+            shelf.put(key, self.name, value, time.monotonic() - start)
+        return value
+
+
+def plan(task: Any) -> Cached:
+    """The ``Cached`` function of a cached task, made once per task (its code is hashed here, in the kernel)."""
+    cached = getattr(task, "_cached", None)
+    if cached is None:
+        opts = task.options
+        cached = Cached(task.fn, opts.name, code_hash(task.fn), opts.cache_key, str(cache_dir()), opts.cache_expiration)
+        task._cached = cached
+    return cached
+
+
+def known_key(cached: Cached, args: tuple, kwargs: dict) -> str | None:
+    """The call's key if it can be known before running (futures among the arguments: only if they are of
+    cached tasks, and no ``cache_key`` function needs their values)."""
+    if find_futures((args, kwargs)) and cached.cache_key is not None:
+        return None
+    try:
+        return cached.key(args, kwargs)
+    except Unknown:
+        return None
+
+
+def hit(name: str, key: str, found: tuple[Entry, Any]) -> Future:
+    """A future that is already done with the stored value."""
+    fut = Future(name)
+    fut.cache_key = key
+    fut.cached = found[0]
+    fut.set_result(found[1])
+    return fut
+
+
+class _Runner:
+    """The task as the engine runs it on a miss: the same options, the ``Cached`` function."""
+
+    def __init__(self, fn: Cached, options: Any) -> None:
+        self.fn, self.options = fn, options
+
+    @property
+    def name(self) -> str:
+        return self.options.name
+
+
+def submit_many(task: Any, calls: list[tuple[tuple, dict]]) -> list[Future]:
+    """Submit cached calls: a stored one is a done future at once, the others go to the engine in one batch."""
+    cached = plan(task)
+    out: dict[int, Future] = {}
+    misses: list[tuple[int, str | None, tuple, dict]] = []
+    for i, (args, kwargs) in enumerate(calls):
+        key = known_key(cached, args, kwargs)
+        found = cached.lookup(key) if key is not None else None
+        if found is not None:
+            out[i] = hit(task.name, key, found)
+        else:
+            misses.append((i, key, args, {**kwargs, KEY: key} if key else kwargs))
+    if misses:
+        placed = engine().map(_Runner(cached, task.options), [(args, kwargs) for _, _, args, kwargs in misses])
+        for (i, key, _, _), fut in zip(misses, placed, strict=True):
+            fut.cache_key = key
+            out[i] = fut
+    return [out[i] for i in range(len(calls))]
+
+
+def call(task: Any, args: tuple, kwargs: dict) -> Any:
+    """A direct call of a cached task: the stored value, else run here and store."""
+    cached = plan(task)
+    key = known_key(cached, args, kwargs)
+    found = cached.lookup(key) if key is not None else None
+    if found is not None:
+        return found[1]
+    return engine().call(_Runner(cached, task.options), args, {**kwargs, KEY: key} if key else kwargs)
