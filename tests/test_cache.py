@@ -1,0 +1,254 @@
+"""Results cached across re-runs, kernels and processes: keys, the store, racing processes, task cells."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+from limits_helpers import wait_for
+
+import nbflow
+from nbflow import caching
+
+SCRIPT = '''
+import sys
+from pathlib import Path
+
+import nbflow
+
+RUNS = Path(sys.argv[1])
+
+
+def scale(x):
+    return x * 10
+
+
+@nbflow.task(cache=True)
+def step(x):
+    """Appends to RUNS: a side effect that counts real runs."""
+    with RUNS.open("a") as f:
+        f.write(f"{x}\\n")
+    return scale(x)
+
+
+if __name__ == "__main__":
+    print(nbflow.gather(step.map([int(a) for a in sys.argv[2:]])))
+'''
+
+
+@pytest.fixture(autouse=True)
+def cache_dir(tmp_path, monkeypatch):
+    path = tmp_path / "cache"
+    monkeypatch.setenv("NBFLOW_CACHE_DIR", str(path))  # inherited by the processes the tests start
+    return path
+
+
+def run_script(path, runs, *args) -> str:
+    done = subprocess.run([sys.executable, str(path), str(runs), *map(str, args)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def runs_of(path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def test_a_new_process_reuses_results_and_only_what_changed_runs_again(tmp_path):
+    script, runs = tmp_path / "pipeline.py", tmp_path / "runs"
+    script.write_text(SCRIPT)
+    assert run_script(script, runs, 1, 2, 3) == "[10, 20, 30]" and sorted(runs_of(runs)) == ["1", "2", "3"]
+    assert run_script(script, runs, 1, 2, 3) == "[10, 20, 30]" and len(runs_of(runs)) == 3  # a fresh process: hits
+    assert run_script(script, runs, 1, 2, 4) == "[10, 20, 40]" and runs_of(runs)[3:] == ["4"]  # one argument changed
+
+    script.write_text(SCRIPT.replace('"""Appends', "# a comment\n    \"\"\"Now appends").replace("x * 10", "(x * 10)"))
+    assert run_script(script, runs, 1) == "[10]" and len(runs_of(runs)) == 4  # comments, docstring, parentheses
+
+    script.write_text(SCRIPT.replace("x * 10", "x * 100"))  # an edit to the helper the task calls
+    assert run_script(script, runs, 1, 2) == "[100, 200]" and sorted(runs_of(runs)[4:]) == ["1", "2"]
+
+
+def test_numpy_arguments_hit_by_content_and_failures_are_not_stored():
+    calls = []
+
+    @nbflow.task(cache=True)
+    def total(a):
+        calls.append(1)
+        if a.sum() < 0:
+            raise ValueError("negative")
+        return float(a.sum())
+
+    assert total(np.arange(5)) == 10.0 and total(np.arange(5)) == 10.0 and len(calls) == 1  # a new, equal array
+    assert total.submit(np.arange(5) + 1).result() == 15.0 and len(calls) == 2
+    for _ in range(2):
+        with pytest.raises(ValueError):
+            total(-np.ones(3))
+    assert len(calls) == 4  # the failure ran twice: it was not stored
+    hit = total.submit(np.arange(5))
+    assert hit.done() and hit.cached.name == "total" and hit.cached.duration >= 0
+
+
+def test_futures_of_cached_tasks_chain_by_key_without_running():
+    calls = []
+
+    @nbflow.task(cache=True)
+    def load(i):
+        calls.append(("load", i))
+        return list(range(i))
+
+    @nbflow.task(cache=True)
+    def count(items):
+        calls.append(("count", len(items)))
+        return len(items)
+
+    first = nbflow.gather([count.submit(load.submit(i)) for i in range(3)])
+    again = [count.submit(load.submit(i)) for i in range(3)]
+    assert all(f.done() and f.cached is not None for f in again)  # known at submit: nothing ran
+    assert nbflow.gather(again) == first == [0, 1, 2] and len(calls) == 6
+
+
+def test_an_argument_that_cannot_be_hashed_says_which_and_how_to_fix_it():
+    @nbflow.task(cache=True)
+    def use(lock):
+        return 1
+
+    with pytest.raises(nbflow.NbflowError, match=r"cannot hash argument 0 of use\(\) \(lock\).*cache_key="):
+        use.submit(threading.Lock())
+    keyed = use.with_options(cache_key=lambda lock: "the lock")
+    assert keyed(threading.Lock()) == 1 and keyed.submit(threading.Lock()).cached is not None
+
+
+def test_a_corrupt_entry_is_recomputed_and_replaced_and_expired_ones_too(cache_dir):
+    calls = []
+
+    @nbflow.task(cache=True)
+    def f(x):
+        calls.append(x)
+        return x + 1
+
+    assert f(1) == 2
+    [entry] = list(cache_dir.glob("*/*.entry"))
+    entry.write_bytes(entry.read_bytes()[:-5])  # cut short
+    assert f(1) == 2 and len(calls) == 2
+    assert f(1) == 2 and len(calls) == 2  # replaced by a good one
+    entry.write_bytes(b"\x00garbage")
+    assert f(1) == 2 and len(calls) == 3
+    short = f.with_options(cache_expiration=1e-6)
+    assert short(1) == 2 and len(calls) == 4  # expired the moment it was stored
+
+
+RACE = '''
+import sys, time
+from pathlib import Path
+
+import nbflow
+
+
+@nbflow.task(cache=True)
+def slow(x):
+    with open(sys.argv[1], "a") as f:
+        f.write("run\\n")
+    time.sleep(1)
+    return x * 2
+
+
+if __name__ == "__main__":
+    go = Path(sys.argv[2])
+    while not go.exists():
+        time.sleep(0.005)
+    print(slow(21))
+'''
+
+
+def test_processes_racing_on_one_key_run_it_once(tmp_path):
+    script, runs, go = tmp_path / "race.py", tmp_path / "runs", tmp_path / "go"
+    script.write_text(RACE)
+    procs = [
+        subprocess.Popen([sys.executable, str(script), str(runs), str(go)], stdout=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    go.touch()
+    outputs = [proc.communicate(timeout=120)[0].strip() for proc in procs]
+    assert outputs == ["42"] * 3
+    assert runs_of(runs) == ["run"]  # one of them ran it; the others waited and read the entry
+
+
+def test_a_killed_run_leaves_no_entry(tmp_path, cache_dir):
+    script, runs = tmp_path / "killed.py", tmp_path / "runs"
+    script.write_text(RACE.replace("time.sleep(1)", "time.sleep(60)"))
+    (tmp_path / "go").touch()
+    proc = subprocess.Popen([sys.executable, str(script), str(runs), str(tmp_path / "go")])
+    wait_for(lambda: runs_of(runs) == ["run"], timeout=60, what="the task to start")
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert caching.entries() == [] and not list(cache_dir.glob("*/*.entry"))
+    script.write_text(RACE.replace("time.sleep(1)", "pass"))
+    done = subprocess.run([sys.executable, str(script), str(runs), str(tmp_path / "go")], capture_output=True)
+    assert done.stdout.strip() == b"42" and runs_of(runs) == ["run", "run"]  # not blocked by the dead one's lock
+
+
+def test_ls_and_clear(tmp_path):
+    @nbflow.task(cache=True)
+    def a(x):
+        return x
+
+    @nbflow.task(cache=True)
+    def b(x):
+        return x
+
+    a(1), a(2), b(1)
+    assert sorted(entry.name for entry in caching.entries()) == ["a", "a", "b"]
+    listed = subprocess.run([sys.executable, "-m", "nbflow", "cache", "ls"], capture_output=True, text=True)
+    assert listed.returncode == 0 and listed.stdout.count("\na ") == 2, listed.stdout
+    cleared = subprocess.run([sys.executable, "-m", "nbflow", "cache", "clear", "a"], capture_output=True, text=True)
+    assert cleared.stdout.strip() == "deleted 2 cached result(s) of a"
+    assert [entry.name for entry in caching.entries()] == ["b"]
+    assert caching.clear() == 1 and caching.entries() == []
+
+
+def test_on_dask_a_hit_never_reaches_the_cluster(tmp_path):
+    runs = tmp_path / "runs"
+
+    @nbflow.task(cache=True)
+    def square(x):
+        with runs.open("a") as f:
+            f.write(f"{x}\n")
+        return x * x
+
+    nbflow.use("dask", n_workers=1, threads_per_worker=2, processes=False)
+    assert nbflow.gather(square.map(range(4))) == [0, 1, 4, 9] and len(runs_of(runs)) == 4  # stored by the worker
+    again = square.map(range(4))
+    assert all(f.done() and f.cached is not None for f in again) and nbflow.gather(again) == [0, 1, 4, 9]
+    assert all(type(f) is nbflow.Future for f in again)  # plain futures: no Dask task was made for them
+    assert len(runs_of(runs)) == 4
+
+
+def test_a_task_cell_with_cache_shows_cached_and_its_output_again_in_a_fresh_kernel(cache_dir, tmp_path):
+    from magics_nb.kernel import Kernel
+
+    cell = textwrap.dedent("""\
+        %%nbflow task --cache --name table
+        rows = [i * factor for i in range(3)]
+        print("computed", rows)
+        rows
+        """)
+    for attempt in range(2):
+        kernel = Kernel({"NBFLOW_LIMITS_DIR": str(tmp_path / "limits"), "NBFLOW_CACHE_DIR": str(cache_dir)})
+        try:
+            assert kernel.run("%load_ext nbflow\nfactor = 2").reply["status"] == "ok"
+            status, streams, rich = kernel.run(cell).display_ids()
+            assert kernel.run("%nbflow wait").reply["status"] == "ok"
+            kernel.drain()
+            shown = kernel.displays[status]["text/plain"]
+            assert ("cached (run of" in shown) == (attempt == 1), shown
+            assert kernel.displays[streams]["text/plain"] == "computed [0, 2, 4]"  # shown again when cached
+            assert kernel.displays[rich]["text/plain"] == "[0, 2, 4]"
+            assert kernel.run("print(rows)").stream("stdout") == "[0, 2, 4]\n"
+        finally:
+            kernel.close()
+    assert [entry.name for entry in caching.entries()] == ["table"]
