@@ -49,6 +49,8 @@ __all__ = [
     "UpstreamError",
     "WorkerDied",
     "as_completed",
+    "cache_clear",
+    "cache_entries",
     "concurrency",
     "current",
     "engine",
@@ -62,6 +64,20 @@ __all__ = [
     "use",
     "wait",
 ]
+
+
+def cache_entries() -> list[Any]:
+    """The cached task results on this machine, most recently used first (``nbflow cache ls``)."""
+    from .caching import entries
+
+    return entries()
+
+
+def cache_clear(name: str | None = None) -> int:
+    """Delete the cached results of task ``name``, or all of them (``nbflow cache clear``); how many."""
+    from .caching import clear
+
+    return clear(name)
 
 
 def occupancy() -> Occupancy:

@@ -6,7 +6,6 @@ import functools
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, overload
 
-from . import caching
 from .engines import engine
 from .futures import Future
 from .options import TaskOptions, changed
@@ -27,14 +26,20 @@ class Task:
     def submit(self, *args: Any, **kwargs: Any) -> Future:
         """Run in the background on the current engine; never blocks on resources."""
         if self.options.cache:
-            return caching.submit_many(self, [(args, kwargs)])[0]
+            from .caching import submit_many  # (imported on first use: hashing and the store cost ~10 ms)
+
+            return submit_many(self, [(args, kwargs)])[0]
         return engine().submit(self, args, kwargs)
 
     def map(self, *iterables: Iterable[Any], **kwargs: Any) -> list[Future]:
         """One task per element (zipped, like the built-in ``map``), submitted as one batch; ``kwargs`` go to
         every call."""
         calls = [(args, kwargs) for args in zip(*iterables, strict=False)]
-        return caching.submit_many(self, calls) if self.options.cache else engine().map(self, calls)
+        if self.options.cache:
+            from .caching import submit_many
+
+            return submit_many(self, calls)
+        return engine().map(self, calls)
 
     def with_options(self, **changes: Any) -> Task:
         """A copy of this task with some options changed, e.g. ``infer.with_options(resources={"GPU": 2})``."""
@@ -43,7 +48,9 @@ class Task:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Run now, in this thread, holding the task's resources and limits while it runs."""
         if self.options.cache:
-            return caching.call(self, args, kwargs)
+            from .caching import call
+
+            return call(self, args, kwargs)
         return engine().call(self, args, kwargs)
 
     def __repr__(self) -> str:

@@ -15,6 +15,7 @@ from limits_helpers import wait_for
 
 import nbflow
 from nbflow import caching
+from nbflow.caching.store import size_cap
 
 SCRIPT = '''
 import sys
@@ -252,3 +253,49 @@ def test_a_task_cell_with_cache_shows_cached_and_its_output_again_in_a_fresh_ker
         finally:
             kernel.close()
     assert [entry.name for entry in caching.entries()] == ["table"]
+
+
+def test_pandas_arguments_hit_by_data_and_a_timed_out_thread_is_not_stored(tmp_path):
+    import pandas as pd
+
+    calls = []
+
+    @nbflow.task(cache=True)
+    def mean(frame):
+        calls.append(1)
+        return float(frame["x"].mean())
+
+    frame = pd.DataFrame({"x": [1.0, 2.0, 3.0]}, index=[10, 20, 30])
+    assert mean(frame) == 2.0 and mean(frame.copy()) == 2.0 and len(calls) == 1
+    assert mean(frame.set_axis([1, 2, 3])) == 2.0 and len(calls) == 2  # another index: other data
+
+    release = threading.Event()
+
+    @nbflow.task(cache=True, timeout=0.2)
+    def stuck(x):
+        release.wait(60)
+        return x
+
+    nbflow.use("local")
+    late = stuck.submit(1)
+    with pytest.raises(nbflow.TaskTimeout):
+        late.result(timeout=60)
+    release.set()
+    with caching.store().computing(late.cache_key):  # held by the thread until it has decided not to store
+        pass
+    assert [entry.name for entry in caching.entries()] == ["mean", "mean"]  # the late result was not stored
+
+
+def test_past_the_size_cap_the_least_recently_used_go(monkeypatch):
+    @nbflow.task(cache=True)
+    def blob(i):
+        return b"x" * 10_000
+
+    for i in range(4):
+        blob(i)
+    blob(0)  # used again: the most recent
+    monkeypatch.setenv("NBFLOW_CACHE_SIZE", "25KB")
+    caching.store().evict(size_cap())
+    kept = {entry.key for entry in caching.entries()}
+    assert len(kept) == 2
+    assert blob.submit(0).cached is not None and blob.submit(3).cached is not None  # the two most recent

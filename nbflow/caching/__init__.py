@@ -40,10 +40,9 @@ class Cached:
     """A cached task's function as the engines run it: look the key up, else compute under the key's lock,
     store, return. Picklable: it runs in threads, child processes and on Dask workers alike."""
 
-    def __init__(self, fn: Callable[..., Any], name: str, code: str, cache_key: Callable | None, root: str,
-                 expiration: float | None) -> None:  # fmt: skip
-        self.fn, self.name, self.code, self.cache_key = fn, name, code, cache_key
-        self.root, self.expiration = root, expiration
+    def __init__(self, fn: Callable[..., Any], name: str, code: str, options: Any, root: str) -> None:
+        self.fn, self.name, self.code, self.root = fn, name, code, root
+        self.cache_key, self.expiration, self.timeout = options.cache_key, options.cache_expiration, options.timeout
 
     def key(self, args: tuple, kwargs: dict) -> str:
         return call_key(self.name, self.code, args, kwargs, self.cache_key)
@@ -64,7 +63,9 @@ class Cached:
                 return found[1]
             start = time.monotonic()
             value = self.fn(*args, **kwargs)
-            shelf.put(key, self.name, value, time.monotonic() - start)
+            took = time.monotonic() - start
+            if self.timeout is None or took < self.timeout:  # a thread that ran past its timeout is not stored
+                shelf.put(key, self.name, value, took)
         return value
 
 
@@ -73,7 +74,7 @@ def plan(task: Any) -> Cached:
     cached = getattr(task, "_cached", None)
     if cached is None:
         opts = task.options
-        cached = Cached(task.fn, opts.name, code_hash(task.fn), opts.cache_key, str(cache_dir()), opts.cache_expiration)
+        cached = Cached(task.fn, opts.name, code_hash(task.fn), opts, str(cache_dir()))
         task._cached = cached
     return cached
 

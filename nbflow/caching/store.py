@@ -144,7 +144,12 @@ class Store:
         return sum(self._remove(key) for key in keys)
 
     def evict(self, cap: float) -> None:
-        """Delete the least recently used entries until the store is within ``cap`` bytes."""
+        """Delete the least recently used entries until the store is within ``cap`` bytes, and what writers
+        killed mid-write left (temporary files an hour old)."""
+        for tmp in self.root.glob("*/.tmp-*"):
+            with contextlib.suppress(OSError):
+                if time.time() - tmp.stat().st_mtime > 3600:
+                    tmp.unlink()
         entries = self.entries()
         total = sum(entry.size for entry in entries)
         for entry in reversed(entries):
