@@ -299,3 +299,14 @@ def test_past_the_size_cap_the_least_recently_used_go(monkeypatch):
     kept = {entry.key for entry in caching.entries()}
     assert len(kept) == 2
     assert blob.submit(0).cached is not None and blob.submit(3).cached is not None  # the two most recent
+
+
+def test_a_store_at_an_fsspec_url_is_shared_the_same_way(tmp_path, monkeypatch):
+    url = f"file://{tmp_path}/shared-cache"
+    monkeypatch.setenv("NBFLOW_CACHE_DIR", url)
+    script, runs = tmp_path / "pipeline.py", tmp_path / "runs"
+    script.write_text(SCRIPT)
+    assert run_script(script, runs, 1, 2) == "[10, 20]" and run_script(script, runs, 1, 2) == "[10, 20]"
+    assert len(runs_of(runs)) == 2  # the second process read what the first stored
+    assert sorted(entry.name for entry in caching.entries()) == ["step", "step"]
+    assert (tmp_path / "shared-cache").is_dir() and caching.clear("step") == 2 and caching.entries() == []

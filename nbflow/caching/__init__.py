@@ -48,15 +48,11 @@ class Cached:
         return call_key(self.name, self.code, args, kwargs, self.cache_key)
 
     def lookup(self, key: str) -> tuple[Entry, Any] | None:
-        from pathlib import Path
-
-        return Store(Path(self.root)).get(key, self.expiration)
+        return Store(self.root).get(key, self.expiration)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from pathlib import Path
-
         key = kwargs.pop(KEY, None) or self.key(args, kwargs)
-        shelf = Store(Path(self.root))
+        shelf = Store(self.root)
         with shelf.computing(key):
             found = shelf.get(key, self.expiration)
             if found is not None:  # another process computed it while this one waited
@@ -74,7 +70,7 @@ def plan(task: Any) -> Cached:
     cached = getattr(task, "_cached", None)
     if cached is None:
         opts = task.options
-        cached = Cached(task.fn, opts.name, code_hash(task.fn), opts, str(cache_dir()))
+        cached = Cached(task.fn, opts.name, code_hash(task.fn), opts, cache_dir())
         task._cached = cached
     return cached
 
