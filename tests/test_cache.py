@@ -310,3 +310,34 @@ def test_a_store_at_an_fsspec_url_is_shared_the_same_way(tmp_path, monkeypatch):
     assert len(runs_of(runs)) == 2  # the second process read what the first stored
     assert sorted(entry.name for entry in caching.entries()) == ["step", "step"]
     assert (tmp_path / "shared-cache").is_dir() and caching.clear("step") == 2 and caching.entries() == []
+
+
+NOTEBOOK_CLASS = '''
+import sys
+from pathlib import Path
+
+import nbflow
+
+
+class Params:
+    def __init__(self, rate):
+        self.rate = rate
+
+
+@nbflow.task(cache=True)
+def fit(params):
+    with open(sys.argv[1], "a") as f:
+        f.write("fit\\n")
+    return params.rate * 2
+
+
+if __name__ == "__main__":
+    print(fit(Params(float(sys.argv[2]))))
+'''
+
+
+def test_an_instance_of_a_notebook_class_hits_from_a_fresh_process(tmp_path):
+    script, runs = tmp_path / "fit.py", tmp_path / "runs"
+    script.write_text(NOTEBOOK_CLASS)
+    assert run_script(script, runs, 0.5) == "1.0" and run_script(script, runs, 0.5) == "1.0"
+    assert run_script(script, runs, 0.25) == "0.5" and runs_of(runs) == ["fit", "fit"]

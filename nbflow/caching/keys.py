@@ -153,6 +153,10 @@ def _feed(h: Any, value: Any, what: str, seen: set[int]) -> None:
         for field in dataclasses.fields(value):
             h.update(field.name.encode())
             _feed(h, getattr(value, field.name), f"{what}.{field.name}", seen)
+    elif kind.__module__ == "__main__" and hasattr(value, "__dict__"):  # a notebook class: its code and state
+        seen.add(id(value))  # (pickling it by value would differ from one process to the next)
+        h.update(_normalized(_source(kind) or kind.__qualname__).encode())
+        _feed(h, vars(value), f"{what}.__dict__", seen)
     else:
         _feed_pickle(h, value, what)
 
