@@ -57,7 +57,7 @@ def test_status_shows_holders_and_waiters(limits_dir, how):
         (["limits", "set", "GPU"], "the following arguments are required: capacity"),
         (["limits", "rm", "nope"], "no capacity is set for limit 'nope'"),
         (["limits", "frob"], "invalid choice: 'frob'"),
-        (["frob"], "invalid choice: 'frob' (choose from 'limits', 'status')"),
+        (["frob"], "invalid choice: 'frob' (choose from 'limits', 'status', 'cache')"),
         ([], "the following arguments are required"),
     ],
 )
