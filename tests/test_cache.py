@@ -234,25 +234,28 @@ def test_a_task_cell_with_cache_shows_cached_and_its_output_again_in_a_fresh_ker
 
     cell = textwrap.dedent("""\
         %%nbflow task --cache --name table
-        rows = [i * factor for i in range(3)]
+        rows = [scale(i) for i in range(3)]
         print("computed", rows)
         rows
         """)
-    for attempt in range(2):
+    helper = "def scale(v):\n    # a helper defined in the notebook\n    return v * factor\n"
+    edited = helper.replace("v * factor", "factor * v")
+    for attempt, (code, cached) in enumerate([(helper, False), (helper, True), (edited, False)]):
         kernel = Kernel({"NBFLOW_LIMITS_DIR": str(tmp_path / "limits"), "NBFLOW_CACHE_DIR": str(cache_dir)})
         try:
             assert kernel.run("%load_ext nbflow\nfactor = 2").reply["status"] == "ok"
+            assert kernel.run(code).reply["status"] == "ok"
             status, streams, rich = kernel.run(cell).display_ids()
             assert kernel.run("%nbflow wait").reply["status"] == "ok"
             kernel.drain()
             shown = kernel.displays[status]["text/plain"]
-            assert ("cached (run of" in shown) == (attempt == 1), shown
+            assert ("cached (run of" in shown) == cached, (attempt, shown)  # a fresh kernel; an edited helper
             assert kernel.displays[streams]["text/plain"] == "computed [0, 2, 4]"  # shown again when cached
             assert kernel.displays[rich]["text/plain"] == "[0, 2, 4]"
             assert kernel.run("print(rows)").stream("stdout") == "[0, 2, 4]\n"
         finally:
             kernel.close()
-    assert [entry.name for entry in caching.entries()] == ["table"]
+    assert [entry.name for entry in caching.entries()] == ["table", "table"]
 
 
 def test_pandas_arguments_hit_by_data_and_a_timed_out_thread_is_not_stored(tmp_path):
@@ -341,3 +344,26 @@ def test_an_instance_of_a_notebook_class_hits_from_a_fresh_process(tmp_path):
     script.write_text(NOTEBOOK_CLASS)
     assert run_script(script, runs, 0.5) == "1.0" and run_script(script, runs, 0.5) == "1.0"
     assert run_script(script, runs, 0.25) == "0.5" and runs_of(runs) == ["fit", "fit"]
+
+
+def slow_square(runs: str, x: int) -> int:
+    """Module level, so child processes and Dask workers import it by name; appends to ``runs`` per real run."""
+    import time
+
+    with open(runs, "a") as f:
+        f.write(f"{x}\n")
+    time.sleep(0.5)
+    return x * x
+
+
+@pytest.mark.parametrize("engine", ["processes", "dask"])
+def test_child_processes_and_dask_workers_store_and_run_a_key_once_between_them(engine, tmp_path):
+    runs = str(tmp_path / "runs")
+    if engine == "processes":
+        nbflow.use("local", workers=2, processes=True)
+    else:
+        nbflow.use("dask", n_workers=2, threads_per_worker=1, processes=True)
+    square = nbflow.task(slow_square, cache=True)
+    twice = [square.submit(runs, 3), square.submit(runs, 3)]  # the same key, on two workers at once
+    assert nbflow.gather(twice) == [9, 9] and runs_of(tmp_path / "runs") == ["3"]
+    assert square.submit(runs, 3).cached is not None  # stored by the child or worker, read here
