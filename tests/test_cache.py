@@ -367,3 +367,29 @@ def test_child_processes_and_dask_workers_store_and_run_a_key_once_between_them(
     twice = [square.submit(runs, 3), square.submit(runs, 3)]  # the same key, on two workers at once
     assert nbflow.gather(twice) == [9, 9] and runs_of(tmp_path / "runs") == ["3"]
     assert square.submit(runs, 3).cached is not None  # stored by the child or worker, read here
+
+
+def test_a_store_that_cannot_be_written_or_holds_special_files_never_fails_or_hangs_a_task(tmp_path, monkeypatch):
+    calls = []
+
+    @nbflow.task(cache=True)
+    def f(x):
+        calls.append(x)
+        return x + 1
+
+    assert f(1) == 2
+    [entry] = list(caching.store().files.listing())
+    os.unlink(entry[0])
+    os.mkfifo(entry[0])  # a FIFO where the entry was: opening it for reading would block
+    assert f(1) == 2 and len(calls) == 2  # read as absent, recomputed...
+    assert f(1) == 2 and len(calls) == 2  # ...and replaced by a good entry
+    assert [e.name for e in caching.entries()] == ["f"]
+
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.setenv("NBFLOW_CACHE_DIR", str(blocked))
+    g = nbflow.task(lambda x: x * 3, cache=True, name="g")
+    with pytest.warns(UserWarning, match="results are not cached: the store .*a-file cannot be written"):
+        assert g(2) == 6
+    with pytest.warns(UserWarning):
+        assert g.submit(2).result(timeout=60) == 6

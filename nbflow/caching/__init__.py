@@ -9,6 +9,7 @@ successes are stored.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -53,7 +54,13 @@ class Cached:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = kwargs.pop(KEY, None) or self.key(args, kwargs)
         shelf = Store(self.root)
-        with shelf.computing(key):
+        try:
+            lock = shelf.computing(key)
+            lock.__enter__()
+        except OSError as exc:  # a store that cannot be written never fails the task: it runs uncached
+            _cannot_store(self.root, exc)
+            return self.fn(*args, **kwargs)
+        try:
             found = shelf.get(key, self.expiration)
             if found is not None:  # another process computed it while this one waited
                 return found[1]
@@ -61,8 +68,17 @@ class Cached:
             value = self.fn(*args, **kwargs)
             took = time.monotonic() - start
             if self.timeout is None or took < self.timeout:  # a thread that ran past its timeout is not stored
-                shelf.put(key, self.name, value, took)
-        return value
+                try:
+                    shelf.put(key, self.name, value, took)
+                except OSError as exc:
+                    _cannot_store(self.root, exc)
+            return value
+        finally:
+            lock.__exit__(None, None, None)
+
+
+def _cannot_store(root: str, exc: OSError) -> None:
+    warnings.warn(f"nbflow: results are not cached: the store {root} cannot be written ({exc})", stacklevel=3)
 
 
 def plan(task: Any) -> Cached:

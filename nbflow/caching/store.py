@@ -20,6 +20,7 @@ import io
 import itertools
 import json
 import os
+import stat
 import time
 import uuid
 from collections.abc import Iterator
@@ -72,7 +73,12 @@ class _Local:
         self.root = root
 
     def open(self, path: str) -> Any:
-        return open(path, "rb")
+        """A regular file for reading; anything else there (a FIFO would block) is refused as unreadable."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(f"{path} is not a regular file")
+        return os.fdopen(fd, "rb")
 
     def write(self, path: str, data: list[bytes]) -> None:
         folder = os.path.dirname(path)
