@@ -393,3 +393,24 @@ def test_a_store_that_cannot_be_written_or_holds_special_files_never_fails_or_ha
         assert g(2) == 6
     with pytest.warns(UserWarning):
         assert g.submit(2).result(timeout=60) == 6
+
+
+def test_a_changed_notebook_constant_closure_or_default_recomputes(tmp_path):
+    script, runs = tmp_path / "constants.py", tmp_path / "runs"
+    source = SCRIPT.replace("return x * 10", "return x * FACTOR").replace("def scale(x):", "FACTOR = 10\n\n\ndef scale(x):")
+    script.write_text(source)
+    assert run_script(script, runs, 1) == "[10]" and run_script(script, runs, 1) == "[10]" and len(runs_of(runs)) == 1
+    script.write_text(source.replace("FACTOR = 10", "FACTOR = 3"))
+    assert run_script(script, runs, 1) == "[3]" and len(runs_of(runs)) == 2  # the constant the helper reads changed
+
+    def make(scale, calls):
+        @nbflow.task(cache=True, name="scaled")
+        def scaled(x, offset=0):
+            calls.append(x)
+            return x * scale + offset
+
+        return scaled
+
+    calls = []
+    assert make(2, calls)(5) == 10 and make(3, calls)(5) == 15 and make(2, calls)(5) == 10
+    assert calls == [5, 5]  # the closure's value is in the key

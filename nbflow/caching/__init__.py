@@ -15,7 +15,7 @@ from typing import Any
 
 from ..engines import engine
 from ..futures import Future, find_futures
-from .keys import Unknown, call_key, code_hash
+from .keys import Unknown, call_key, code_hash, state_hash
 from .store import Entry, Store, cache_dir
 
 __all__ = ["Entry", "cache_dir", "clear", "entries"]
@@ -46,7 +46,8 @@ class Cached:
         self.cache_key, self.expiration, self.timeout = options.cache_key, options.cache_expiration, options.timeout
 
     def key(self, args: tuple, kwargs: dict) -> str:
-        return call_key(self.name, self.code, args, kwargs, self.cache_key)
+        code = self.code + state_hash(self.fn)  # the notebook's constants may have changed since
+        return call_key(self.name, code, args, kwargs, self.cache_key)
 
     def lookup(self, key: str) -> tuple[Entry, Any] | None:
         return Store(self.root).get(key, self.expiration)

@@ -200,6 +200,59 @@ def _feed_pickle(h: Any, value: Any, what: str) -> None:
         ) from None
 
 
+_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+_PLAIN_SIZE = 10_000  # elements: a bigger container is data, to be passed as an argument
+
+
+def _plain(value: Any, budget: list[int]) -> bool:
+    """A constant: a scalar, or a small tuple of them (what a notebook tweaks between runs)."""
+    budget[0] -= 1
+    if budget[0] < 0:
+        return False
+    if isinstance(value, _PLAIN):
+        return True
+    if isinstance(value, (tuple, frozenset)):  # not lists or dicts: a task may append to one (results.append)
+        return all(_plain(item, budget) for item in value)
+    return False
+
+
+def state_hash(fn: Any) -> str:
+    """What a function reads besides its arguments and code: its closure's values, its defaults, and the
+    constants of the notebook it names (``THRESHOLD = 0.5``), and the same of the notebook functions it calls,
+    so changing one recomputes. Other values (a list it may append to, a dict, a model, a DataFrame) do not
+    count: pass them as arguments to have them in the key."""
+    parts: list[bytes] = []
+    _state(fn, parts, set())
+    return digest(*parts)
+
+
+def _state(fn: Any, parts: list[bytes], seen: set[int]) -> None:
+    fn = inspect.unwrap(getattr(fn, "__func__", fn))
+    code = getattr(fn, "__code__", None)
+    if code is None or id(fn) in seen:
+        return
+    seen.add(id(fn))
+    cells = zip(code.co_freevars, fn.__closure__ or (), strict=False)
+    values: list[tuple[str, Any]] = [(f"closure {name}", cell.cell_contents) for name, cell in cells if _filled(cell)]
+    values += [("defaults", fn.__defaults__), ("kwdefaults", fn.__kwdefaults__)]
+    namespace = getattr(fn, "__globals__", {})
+    if namespace.get("__name__") == "__main__":
+        values += [(name, namespace[name]) for name in sorted(_names(None, code)) if name in namespace]
+    for name, value in values:
+        if _is_notebook_function(value):
+            _state(value, parts, seen)
+        elif _plain(value, [_PLAIN_SIZE]):
+            parts.append(f"{name}={value_hash(value, name)}".encode())
+
+
+def _filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018  (an empty cell raises)
+        return True
+    except ValueError:
+        return False
+
+
 def call_key(name: str, code: str, args: tuple, kwargs: Mapping[str, Any], cache_key: Callable | None) -> str:
     """The key of one call; ``Unknown`` if an argument is a future whose key is not known yet."""
     if cache_key is not None:
