@@ -395,9 +395,10 @@ def test_a_store_that_cannot_be_written_or_holds_special_files_never_fails_or_ha
         assert g.submit(2).result(timeout=60) == 6
 
 
-def test_a_changed_notebook_constant_closure_or_default_recomputes(tmp_path):
+def test_a_changed_notebook_constant_or_closure_value_recomputes(tmp_path):
     script, runs = tmp_path / "constants.py", tmp_path / "runs"
-    source = SCRIPT.replace("return x * 10", "return x * FACTOR").replace("def scale(x):", "FACTOR = 10\n\n\ndef scale(x):")
+    source = SCRIPT.replace("return x * 10", "return x * FACTOR")
+    source = source.replace("def scale(x):", "FACTOR = 10\n\n\ndef scale(x):")
     script.write_text(source)
     assert run_script(script, runs, 1) == "[10]" and run_script(script, runs, 1) == "[10]" and len(runs_of(runs)) == 1
     script.write_text(source.replace("FACTOR = 10", "FACTOR = 3"))
