@@ -124,7 +124,8 @@ def test_an_argument_that_cannot_be_hashed_says_which_and_how_to_fix_it():
     assert keyed(threading.Lock()) == 1 and keyed.submit(threading.Lock()).cached is not None
 
 
-def test_a_corrupt_entry_is_recomputed_and_replaced_and_expired_ones_too(cache_dir):
+def plus_one() -> tuple[nbflow.Task, list]:
+    """A cached task, and the list of the calls that really ran."""
     calls = []
 
     @nbflow.task(cache=True)
@@ -132,6 +133,11 @@ def test_a_corrupt_entry_is_recomputed_and_replaced_and_expired_ones_too(cache_d
         calls.append(x)
         return x + 1
 
+    return f, calls
+
+
+def test_a_corrupt_entry_is_recomputed_and_replaced_and_expired_ones_too(cache_dir):
+    f, calls = plus_one()
     assert f(1) == 2
     [entry] = list(cache_dir.glob("*/*.entry"))
     entry.write_bytes(entry.read_bytes()[:-5])  # cut short
@@ -370,13 +376,7 @@ def test_child_processes_and_dask_workers_store_and_run_a_key_once_between_them(
 
 
 def test_a_store_that_cannot_be_written_or_holds_special_files_never_fails_or_hangs_a_task(tmp_path, monkeypatch):
-    calls = []
-
-    @nbflow.task(cache=True)
-    def f(x):
-        calls.append(x)
-        return x + 1
-
+    f, calls = plus_one()
     assert f(1) == 2
     [entry] = list(caching.store().files.listing())
     os.unlink(entry[0])
