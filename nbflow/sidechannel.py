@@ -42,14 +42,10 @@ def install(transport: Callable[[str, Any], None]) -> None:
     _transport = transport
 
 
-def send(channel: str, message: Any) -> bool:
+def send(channel: str, message: Any) -> None:
     """Send ``message`` on ``channel``: directly when the listener is in this process, else over the installed
-    transport. False when there is no way to the kernel (then the message is dropped)."""
+    transport; dropped when there is no way to the kernel."""
     if channel in _listeners:
         deliver(channel, message)
-        return True
-    transport = _transport
-    if transport is None:
-        return False
-    transport(channel, message)
-    return True
+    elif _transport is not None:
+        _transport(channel, message)

@@ -8,6 +8,7 @@ successes are stored.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from collections.abc import Callable
@@ -55,13 +56,12 @@ class Cached:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         key = kwargs.pop(KEY, None) or self.key(args, kwargs)
         shelf = Store(self.root)
-        try:
-            lock = shelf.computing(key)
-            lock.__enter__()
-        except OSError as exc:  # a store that cannot be written never fails the task: it runs uncached
-            _cannot_store(self.root, exc)
-            return self.fn(*args, **kwargs)
-        try:
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(shelf.computing(key))
+            except OSError as exc:  # a store that cannot be written never fails the task: it runs uncached
+                _cannot_store(self.root, exc)
+                return self.fn(*args, **kwargs)
             found = shelf.get(key, self.expiration)
             if found is not None:  # another process computed it while this one waited
                 return found[1]
@@ -74,8 +74,6 @@ class Cached:
                 except OSError as exc:
                     _cannot_store(self.root, exc)
             return value
-        finally:
-            lock.__exit__(None, None, None)
 
 
 def _cannot_store(root: str, exc: OSError) -> None:
