@@ -15,7 +15,7 @@ import uuid
 import warnings
 from typing import Any
 
-from . import figures, showing
+from . import figures, registry, showing
 from .capture import Displays, capture, running_shell
 from .live import reporting
 
@@ -208,7 +208,7 @@ class CellCode:
     def __call__(self, **inputs: Any) -> dict[str, Any]:
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()
-        figures.per_thread()
+        registry.per_thread()
         if running_shell() is None:  # a child process, a Dask worker: show what the kernel would show
             figures.headless()
             showing.use_for_ipython()
