@@ -30,6 +30,11 @@ def choose(load: Sequence[float], amount: float) -> tuple[int, ...]:
     return tuple(sorted(order[: math.ceil(amount - EPS)]))
 
 
+def held(holdings: Sequence) -> tuple[int, ...]:
+    """The GPU ordinals among a task's limit holdings (the slots of its ``GPU`` share), ``()`` if none."""
+    return next((h.slots for h in holdings if h.name == "GPU"), ())
+
+
 def weight(amount: float, count: int) -> float:
     """How much of each of its ``count`` devices a holding of ``amount`` takes."""
     return amount if amount < 1 and count == 1 else 1.0

@@ -67,6 +67,13 @@ class TaskOptions:
         if (self.cache_key is not None or self.cache_expiration is not None) and not self.cache:
             object.__setattr__(self, "cache", True)  # asking how to cache means caching
 
+    def held(self) -> dict[str, float]:
+        """What the task holds while it runs: ``resources`` and ``limits`` (same names add up)."""
+        out = dict(self.resources)
+        for name, amount in self.limits.items():
+            out[name] = out.get(name, 0.0) + amount
+        return out
+
     def __reduce__(self):  # constructor arguments pickle smaller and faster than state
         return (
             TaskOptions,

@@ -46,15 +46,15 @@ class Cached:
         self.fn, self.name, self.code, self.root = fn, name, code, root
         self.cache_key, self.expiration, self.timeout = options.cache_key, options.cache_expiration, options.timeout
 
-    def key(self, args: tuple, kwargs: dict) -> str:
-        code = self.code + state_hash(self.fn)  # the notebook's constants may have changed since
+    def now(self) -> str:
+        """The code part of the keys as of now: the notebook's constants may have changed since the plan."""
+        return self.code + state_hash(self.fn)
+
+    def key(self, code: str, args: tuple, kwargs: dict) -> str:
         return call_key(self.name, code, args, kwargs, self.cache_key)
 
-    def lookup(self, key: str) -> tuple[Entry, Any] | None:
-        return Store(self.root).get(key, self.expiration)
-
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = kwargs.pop(KEY, None) or self.key(args, kwargs)
+        key = kwargs.pop(KEY, None) or self.key(self.now(), args, kwargs)
         shelf = Store(self.root)
         with contextlib.ExitStack() as held:
             try:
@@ -90,13 +90,13 @@ def plan(task: Any) -> Cached:
     return cached
 
 
-def known_key(cached: Cached, args: tuple, kwargs: dict) -> str | None:
+def known_key(cached: Cached, code: str, args: tuple, kwargs: dict) -> str | None:
     """The call's key if it can be known before running (futures among the arguments: only if they are of
     cached tasks, and no ``cache_key`` function needs their values)."""
     if find_futures((args, kwargs)) and cached.cache_key is not None:
         return None
     try:
-        return cached.key(args, kwargs)
+        return cached.key(code, args, kwargs)
     except Unknown:
         return None
 
@@ -123,12 +123,13 @@ class _Runner:
 
 def submit_many(task: Any, calls: list[tuple[tuple, dict]]) -> list[Future]:
     """Submit cached calls: a stored one is a done future at once, the others go to the engine in one batch."""
-    cached = plan(task)
+    cached, shelf = plan(task), store()
+    code = cached.now()  # once for the batch
     out: dict[int, Future] = {}
     misses: list[tuple[int, str | None, tuple, dict]] = []
     for i, (args, kwargs) in enumerate(calls):
-        key = known_key(cached, args, kwargs)
-        found = cached.lookup(key) if key is not None else None
+        key = known_key(cached, code, args, kwargs)
+        found = shelf.get(key, cached.expiration) if key is not None else None
         if found is not None:
             out[i] = hit(task.name, key, found)
         else:
@@ -144,8 +145,8 @@ def submit_many(task: Any, calls: list[tuple[tuple, dict]]) -> list[Future]:
 def call(task: Any, args: tuple, kwargs: dict) -> Any:
     """A direct call of a cached task: the stored value, else run here and store."""
     cached = plan(task)
-    key = known_key(cached, args, kwargs)
-    found = cached.lookup(key) if key is not None else None
+    key = known_key(cached, cached.now(), args, kwargs)
+    found = store().get(key, cached.expiration) if key is not None else None
     if found is not None:
         return found[1]
     return engine().call(_Runner(cached, task.options), args, {**kwargs, KEY: key} if key else kwargs)

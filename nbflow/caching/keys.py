@@ -43,9 +43,11 @@ def code_hash(fn: Any, _seen: set[int] | None = None) -> str:
         fn = inspect.unwrap(getattr(fn, "__func__", fn))
         source = _source(fn)
         namespace = getattr(fn, "__globals__", {})
-    own = _normalized(source) if source is not None else _bytecode(getattr(fn, "__code__", None))
+    tree = _parse(source)
+    names = sorted(_names(tree, getattr(fn, "__code__", None)))  # (before normalizing drops the decorators)
+    own = _normalized(tree) if tree is not None else source or _bytecode(getattr(fn, "__code__", None))
     helpers = []
-    for name in sorted(_names(source, getattr(fn, "__code__", None))):
+    for name in names:
         helper = namespace.get(name)
         if _is_notebook_function(helper) and id(helper) not in seen:
             helpers.append(f"{name}:{code_hash(helper, seen)}".encode())
@@ -59,12 +61,15 @@ def _source(fn: Any) -> str | None:
         return None
 
 
-def _normalized(source: str) -> str:
-    """The source's syntax tree, without docstrings and decorators: what runs, not how it is written."""
+def _parse(source: str | None) -> ast.AST | None:
     try:
-        tree = ast.parse(source)
-    except SyntaxError:  # e.g. a lambda cut out of a longer line
-        return source
+        return ast.parse(source) if source is not None else None
+    except SyntaxError:  # e.g. a lambda cut out of a longer line: its text (or bytecode) stands for it
+        return None
+
+
+def _normalized(tree: ast.AST) -> str:
+    """A syntax tree without docstrings and decorators: what runs, not how it is written (changes ``tree``)."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
             node.decorator_list = []
@@ -87,13 +92,10 @@ def _bytecode(code: types.CodeType | None) -> str:
     return f"{code.co_code.hex()}|{consts}|{code.co_names}"
 
 
-def _names(source: str | None, code: types.CodeType | None) -> set[str]:
-    """Global names the code may call: from its source, or its bytecode where there is none."""
-    if source is not None:
-        try:
-            return {node.id for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Name)}
-        except SyntaxError:
-            pass
+def _names(tree: ast.AST | None, code: types.CodeType | None) -> set[str]:
+    """Global names the code may call: from its syntax tree, or its bytecode where there is none."""
+    if tree is not None:
+        return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
     names: set[str] = set()
     stack = [code] if code is not None else []
     while stack:
@@ -155,7 +157,8 @@ def _feed(h: Any, value: Any, what: str, seen: set[int]) -> None:
             _feed(h, getattr(value, field.name), f"{what}.{field.name}", seen)
     elif kind.__module__ == "__main__" and hasattr(value, "__dict__"):  # a notebook class: its code and state
         seen.add(id(value))  # (pickling it by value would differ from one process to the next)
-        h.update(_normalized(_source(kind) or kind.__qualname__).encode())
+        tree = _parse(_source(kind))
+        h.update((_normalized(tree) if tree is not None else kind.__qualname__).encode())
         _feed(h, vars(value), f"{what}.__dict__", seen)
     else:
         _feed_pickle(h, value, what)

@@ -187,17 +187,16 @@ class Store:
         self.files.touch(path)  # least recently used goes first
         return Entry(key, header["name"], header["created"], header["duration"], size, time.time()), value
 
-    def put(self, key: str, name: str, value: Any, duration: float) -> bool:
-        """Store a value (False if it cannot be pickled: then it is simply not cached)."""
+    def put(self, key: str, name: str, value: Any, duration: float) -> None:
+        """Store a value; one that cannot be pickled is simply not cached."""
         try:
             payload = cloudpickle.dumps(value, protocol=5)
         except Exception:
-            return False
+            return
         header = json.dumps({"name": name, "created": time.time(), "duration": duration}).encode() + b"\n"
         self.files.write(self._path(key), [header, payload])
         if next(_writes) % _EVICT_EVERY == 1:
             self.evict(size_cap())
-        return True
 
     @contextlib.contextmanager
     def computing(self, key: str) -> Iterator[None]:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import context
+from .. import context, devices
 from ..errors import UpstreamError
 from ..futures import Future, blocking, find_futures, new_key, substitute, upstream_value
 from ..snapshot import empty_task_counts
@@ -164,7 +164,7 @@ class Engine:
         for attempt in itertools.count():
             with blocking():  # in a task's thread, waiting for a limit lends the thread out
                 holdings = acquire_all(demands, task=opts.name) if demands else []
-            gpus = next((h.slots for h in holdings if h.name == "GPU"), ())
+            gpus = devices.held(holdings)
             try:
                 with context.running((key, opts.name, attempt, here, demands, gpus)):
                     return task.fn(*args, **kwargs)

@@ -115,19 +115,14 @@ def _context(worker: Any, dask_key: str, opts: Any, holdings: list) -> tuple:
     """The attempt's ``nbflow.current()`` (the arguments of ``context.of``): GPUs from a machine-wide ``GPU``
     limit it holds (distinct across the machine), else from this worker's devices for its ``GPU`` resource
     (distinct on this worker)."""
-    gpus: tuple[int, ...] = next((h.slots for h in holdings if h.name == "GPU"), ())
+    gpus = devices.held(holdings)
     amount = opts.resources.get("GPU", 0)
     if not gpus and amount:
         held = _Devices(_table(worker), amount, dask_key, opts.name)
         holdings.append(held)  # released with the limits: when the function has really stopped
         gpus = held.ordinals
-    holds = opts.resources
-    if opts.limits:
-        holds = dict(holds)
-        for name, value in opts.limits.items():
-            holds[name] = holds.get(name, 0.0) + value
     key, attempt = _task_key(dask_key)
-    return (key, opts.name, attempt, str(worker.name), holds, gpus)
+    return (key, opts.name, attempt, str(worker.name), opts.held() if opts.limits else opts.resources, gpus)
 
 
 def _send_side(worker: Any, channel: str, message: Any) -> None:

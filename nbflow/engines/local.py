@@ -31,15 +31,6 @@ from .timers import Timers
 _engine_ids = itertools.count(1)
 
 
-def _demands(task: Runnable) -> dict[str, float]:
-    """The machine limits a task holds while it runs here: ``resources`` and ``limits`` (same names add up)."""
-    opts = task.options
-    out = dict(opts.resources)
-    for name, amount in opts.limits.items():
-        out[name] = out.get(name, 0.0) + amount
-    return out
-
-
 class _LocalRun(Run):
     """A run with what the grant stage and the pool need."""
 
@@ -48,7 +39,7 @@ class _LocalRun(Run):
     def __init__(self, task: Runnable, fut: Any, args: tuple, kwargs: dict, deps: bool) -> None:
         super().__init__(task, fut, args, kwargs, deps)
         opts = task.options
-        self.demands = _demands(task) if opts.resources or opts.limits else None
+        self.demands = task.options.held() if opts.resources or opts.limits else None
         self.line = tuple(sorted(self.demands)) if self.demands else ()
         self.holdings: list = []  # granted, not yet taken by an attempt
 
@@ -94,14 +85,14 @@ class LocalEngine(Engine):
     def _check(self, task: Runnable) -> None:
         opts = task.options
         if opts.resources or opts.limits:
-            demands = _demands(task)
+            demands = task.options.held()
             check(demands)
             with self._lock:
                 for name in demands:
                     self._held.setdefault(name, 0.0)
 
     def _holds(self, task: Runnable) -> Mapping[str, float]:
-        return _demands(task)
+        return task.options.held()
 
     def _place(self, run: _LocalRun) -> None:
         if run.demands:
@@ -171,7 +162,7 @@ class LocalEngine(Engine):
         task's context, with the GPUs its ``GPU`` share hands out."""
         args, kwargs = self._arguments(run)
         fn = run.task.fn
-        gpus = next((h.slots for h in attempt.holdings if h.name == "GPU"), ())
+        gpus = devices.held(attempt.holdings)
         if not self.processes:
             ctx = (run.fut.key, run.name, attempt.number, thread, run.demands or {}, gpus)  # see context.of
             return functools.partial(fn, *args, **kwargs), ctx
