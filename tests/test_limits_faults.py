@@ -306,3 +306,21 @@ def test_tmp_file_of_a_waiter_killed_while_queueing_is_reaped(limits_dir):
     assert not os.path.exists(tmp)
     hog.release()
     assert_nothing_held(str(limits_dir))
+
+
+def test_a_waiting_file_being_created_is_not_reaped_but_a_dead_or_old_one_is(limits_dir):
+    """A waiter creates its ``.tmp-`` file, then locks it, then writes it: a reaper that deleted it in between
+    made the waiter fail (``removed three times while being created``) on a busy machine."""
+    limit("GPU", 1)
+    status("GPU")  # creates the limit's directory
+    waiting = limits_dir / "GPU" / "waiting"
+    being_created = waiting / ".tmp-live"
+    being_created.touch()  # created, not yet locked nor written
+    dead = waiting / ".tmp-dead"
+    dead.write_bytes(b'{"task": "killed after writing"}')  # written, so it was locked: its holder is gone
+    abandoned = waiting / ".tmp-old"
+    abandoned.touch()
+    old = time.time() - 3600
+    os.utime(abandoned, (old, old))
+    assert status("GPU").waiting == 0
+    assert sorted(os.listdir(waiting)) == [".tmp-live"]

@@ -48,6 +48,7 @@ from .wake import Budget, Cancel, Cancelled, Expired, drain, fifo_fd, sleep_unti
 __all__ = ["Budget", "Cancel", "Cancelled", "Expired", "Limit", "get_limit"]
 
 gates: Pool = Pool(64)  # gate path -> descriptors of this process not in use by an acquisition
+UNLOCKED_GRACE = 60.0  # seconds an empty, unlocked waiting file is taken to be a waiter still creating it
 
 
 class Limit(Capacity):
@@ -155,9 +156,18 @@ class Limit(Capacity):
         return sum(reap(f"{self.slots_dir}/{entry}") for entry in entries(self.slots_dir)) > 0
 
     def _reap_waiting(self) -> None:
+        """Remove the ``.tmp-`` files of waiters killed while queueing. An empty one may be a live waiter's
+        between its creation and its lock (it writes only once locked): it is left alone until it is old."""
+        young = time.time() - UNLOCKED_GRACE
         for entry in entries(self.waiting_dir):
             if entry[0] == ".":
-                reap(f"{self.waiting_dir}/{entry}")
+                path = f"{self.waiting_dir}/{entry}"
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                if st.st_size or st.st_mtime < young:
+                    reap(path)
 
     # --- acquisition ----------------------------------------------------------------------------
 
