@@ -3,28 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import numbers
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .errors import ResourceSpecError
-from .specs import parse_resources
-
-MAX_SECONDS = 1e7  # about 116 days: longer timeouts and delays are typos (and overflow thread waits)
-
-
-def seconds(what: str, value: object, *, zero_ok: bool) -> float:
-    """``value`` as a finite number of seconds (> 0, or >= 0 when ``zero_ok``), else ``ResourceSpecError``."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ResourceSpecError(f"{what} must be a number of seconds, got {value!r}")
-    number = float(value)
-    low_ok = number >= 0 if zero_ok else number > 0
-    if not (math.isfinite(number) and low_ok and number <= MAX_SECONDS):
-        bound = ">= 0" if zero_ok else "> 0"
-        hint = " (use None for no timeout)" if what == "timeout" else ""
-        raise ResourceSpecError(f"{what} must be finite seconds {bound} and <= {MAX_SECONDS:g}, got {value!r}{hint}")
-    return number
+from .specs import duration, parse_resources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,16 +38,15 @@ class TaskOptions:
         if isinstance(self.retries, bool) or not isinstance(self.retries, numbers.Integral) or self.retries < 0:
             raise ResourceSpecError(f"retries must be a whole number >= 0, got {self.retries!r}")
         object.__setattr__(self, "retries", int(self.retries))
-        object.__setattr__(self, "retry_delay", seconds("retry_delay", self.retry_delay, zero_ok=True))
+        object.__setattr__(self, "retry_delay", duration(self.retry_delay, "retry_delay", zero_ok=True))
         if self.timeout is not None:
-            object.__setattr__(self, "timeout", seconds("timeout", self.timeout, zero_ok=False))
+            object.__setattr__(self, "timeout", duration(self.timeout, "timeout"))
         if not isinstance(self.cache, bool):
             raise ResourceSpecError(f"cache must be True or False, got {self.cache!r}")
         if self.cache_key is not None and not callable(self.cache_key):
             raise ResourceSpecError(f"cache_key must be a function of the call's arguments, got {self.cache_key!r}")
         if self.cache_expiration is not None:
-            expiration = seconds("cache_expiration", self.cache_expiration, zero_ok=False)
-            object.__setattr__(self, "cache_expiration", expiration)
+            object.__setattr__(self, "cache_expiration", duration(self.cache_expiration, "cache_expiration"))
         if (self.cache_key is not None or self.cache_expiration is not None) and not self.cache:
             object.__setattr__(self, "cache", True)  # asking how to cache means caching
 

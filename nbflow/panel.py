@@ -22,6 +22,7 @@ import anywidget
 import traitlets
 
 from .render import render_html, render_text
+from .specs import duration
 
 Source = Callable[[], Mapping[str, Any]]
 
@@ -47,10 +48,8 @@ class Monitor(anywidget.AnyWidget):
     _css = _asset("monitor.css")
     snapshot = traitlets.Dict().tag(sync=True)
 
-    def __init__(self, interval: float = 0.5, source: Source | None = None) -> None:
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
-            raise ValueError(f"monitor interval must be seconds > 0, got {interval!r}")
-        self.interval = float(interval)
+    def __init__(self, interval: float | str = 0.5, source: Source | None = None) -> None:
+        self.interval = duration(interval, "monitor interval")
         self.source: Source = source or _occupancy
         super().__init__(snapshot=take_snapshot(self.source, {}))
         self._due = time.monotonic() + self.interval

@@ -1,4 +1,4 @@
-"""Parsing and validation of resource specs and limit names, shared by every engine and the magics."""
+"""Parsing and validation of resource specs, limit names and durations, shared by every engine and the magics."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping
+from typing import Literal, overload
 
 from .errors import ResourceSpecError
 
@@ -37,22 +38,72 @@ def check_amount(name: str, amount: object) -> float:
     return value
 
 
-def check_timeout(timeout: object) -> float | None:
-    """Return ``timeout`` in seconds as a float >= 0, or None to wait forever (also for ``math.inf``).
+MAX_SECONDS = 1e7  # about 116 days: a longer duration is a typo (and overflows thread waits)
+_WITH_UNIT = re.compile(r"\s*(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:e[+-]?[0-9]+)?\s*[A-Za-z]+\s*", re.IGNORECASE)
 
-    A negative, NaN, bool or non-number timeout raises ``ResourceSpecError`` (a ``ValueError``).
+
+@overload
+def duration(
+    value: object, what: str | None = ..., *, zero_ok: bool = ..., forever_ok: Literal[False] = ..., text: bool = ...
+) -> float: ...
+@overload
+def duration(
+    value: object, what: str | None = ..., *, zero_ok: bool = ..., forever_ok: Literal[True], text: bool = ...
+) -> float | None: ...
+def duration(
+    value: object, what: str | None = None, *, zero_ok: bool = False, forever_ok: bool = False, text: bool = False
+) -> float | None:
+    """``value`` as seconds: every timeout, delay, interval and expiration is read here, so all take the same forms.
+
+    A number of seconds, or a string with a unit that Dask's ``parse_timedelta`` reads (``"90s"``,
+    ``"5 minutes"``); with ``text`` (command-line text) a bare number string too. It must be > 0 (>= 0 with
+    ``zero_ok``) and at most ``MAX_SECONDS``; with ``forever_ok``, None and infinity mean no bound (None is
+    returned). Anything else — a byte size, NaN, a negative — is a one-line ``ResourceSpecError`` naming ``what``.
     """
-    if timeout is None:
+    if value is None and forever_ok:
         return None
-    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
-        raise ResourceSpecError(f"timeout must be None or a number of seconds >= 0, got {_shown(timeout)}")
-    try:
-        value = float(timeout)
-    except OverflowError:  # an int like 10**400: longer than any wait, or below -1e308
-        value = math.inf if timeout > 0 else -math.inf
-    if not value >= 0:
-        raise ResourceSpecError(f"timeout must be None or a number of seconds >= 0, got {_shown(timeout)}")
-    return None if value == math.inf else value
+    if isinstance(value, str):
+        number = _parse_duration(value, text)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        number = math.nan
+    else:
+        try:
+            number = float(value)
+        except OverflowError:  # an int like 10**400
+            number = math.inf if value > 0 else -math.inf
+    if number == math.inf and forever_ok:
+        return None
+    if (number >= 0 if zero_ok else number > 0) and number <= MAX_SECONDS:  # NaN fails both
+        return number
+    expected = f"seconds {'>= 0' if zero_ok else '> 0'} and at most {MAX_SECONDS:g}"
+    if forever_ok:
+        expected = f"None or a number of {expected} (None and math.inf wait forever)"
+    subject = f"{what} " if what else ""
+    raise ResourceSpecError(
+        f"{subject}must be {expected}, or a duration such as '90s' or '5 minutes', got {_shown(value)}"
+    )
+
+
+def _parse_duration(text: str, bare_ok: bool) -> float:
+    """``text`` in seconds (NaN when malformed); Dask is imported only here, for a string with a unit."""
+    if bare_ok:
+        try:
+            return float(text)
+        except ValueError:
+            pass
+    if _WITH_UNIT.fullmatch(text):
+        from dask.utils import parse_timedelta
+
+        try:
+            return float(parse_timedelta(text))
+        except (KeyError, ValueError, OverflowError):  # an unknown unit; "1e400s" overflows int()
+            pass
+    return math.nan
+
+
+def check_timeout(timeout: object) -> float | None:
+    """A limit's ``timeout=``: a ``duration`` >= 0, or None to wait forever (also for ``math.inf``)."""
+    return duration(timeout, "timeout", zero_ok=True, forever_ok=True)
 
 
 def _shown(value: object) -> str:

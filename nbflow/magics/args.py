@@ -13,7 +13,7 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import ResourceSpecError
-from ..specs import check_name, parse_amount, parse_resources
+from ..specs import check_name, duration, parse_amount, parse_resources
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -32,9 +32,9 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 def _seconds(text: str) -> float:
     try:
-        return parse_amount("--timeout", text)
-    except ResourceSpecError:
-        raise argparse.ArgumentTypeError(f"must be seconds > 0, got {text!r}") from None
+        return duration(text, text=True)
+    except ResourceSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 _RESOURCES_HELP = "Dask-style resources, e.g. GPU=1 MEMORY=2GB (also GPU=1,MEMORY=2GB)."
@@ -74,7 +74,7 @@ def status():
 
 
 @magic_arguments("nbflow monitor")
-@argument("--interval", type=_seconds, metavar="SECONDS", default=0.5, help="Seconds between refreshes (default 0.5).")
+@argument("--interval", type=_seconds, metavar="SECONDS", default=0.5, help="Seconds (or 2s, 1m) between refreshes.")
 def monitor():
     """Show the live occupancy panel."""
 
@@ -97,7 +97,7 @@ def cancel():
 @argument("--resources", nargs="+", metavar="NAME=AMOUNT", help=_RESOURCES_HELP)
 @argument("--limits", nargs="+", metavar="NAME=AMOUNT", help="Machine-wide limits held while it runs, e.g. gpu=1.")
 @argument("--retries", type=_count(0), metavar="N", default=0, help="Re-runs after a failure (default 0).")
-@argument("--timeout", type=_seconds, metavar="SECONDS", help="Fail with TaskTimeout after this many seconds.")
+@argument("--timeout", type=_seconds, metavar="SECONDS", help="Fail with TaskTimeout after SECONDS (or 90s, 5m).")
 @argument("--block", action="store_true", help="Wait for the task and show its output like an ordinary cell.")
 @argument("--cache", action="store_true", help="Reuse the stored result of an unchanged cell with unchanged inputs.")
 def task():
