@@ -2,8 +2,10 @@
 
 A task cell may run in a thread of the kernel next to the notebook's own code, so swapping
 ``sys.stdout`` (``contextlib.redirect_stdout``) would steal every other thread's output. Instead the
-process-wide streams, and the shell's display publisher, are wrapped once by routers that send what the
-calling thread shows to that thread's collectors if it is capturing, and on as before otherwise.
+process-wide streams, the shell's display publisher and the way it shows a traceback (an object whose
+``_repr_html_`` raises) are wrapped once by routers that send what the calling thread shows to that thread's
+collectors if it is capturing, and on as before otherwise. Text enters the collectors as UTF-8 can carry it
+(``terminal.printable``), so nothing a cell shows can break what sends it on.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from typing import Any
 
-from .terminal import Screen
+from .terminal import Screen, printable
 
 _local = threading.local()
 _install_lock = threading.Lock()
@@ -30,6 +32,7 @@ class Displays:
         self.version = 0  # bumps at every change, so a viewer redraws only when something changed
 
     def add(self, data: dict[str, Any], display_id: str | None = None, update: bool = False) -> None:
+        data = printable_data(data)
         if update:
             if display_id not in self._where:
                 return
@@ -43,6 +46,17 @@ class Displays:
     def clear(self) -> None:
         self.items, self._where = [], {}
         self.version += 1
+
+
+def printable_data(data: Any) -> Any:
+    """A mimebundle (or any JSON-like data) with every text in it ``printable``."""
+    if isinstance(data, str):
+        return printable(data)
+    if isinstance(data, dict):
+        return {printable_data(key): printable_data(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [printable_data(item) for item in data]
+    return data
 
 
 class _Router:
@@ -92,15 +106,43 @@ class _Publisher:
         return getattr(self._inner, name)
 
 
-def _install() -> None:
+class _Tracebacks:
+    """Stands in for the shell's ``_showtraceback``, which IPython calls when formatting a display fails: a
+    capturing thread's traceback goes to its stderr, above the object's plain repr, as under an ordinary cell
+    (the kernel would send it under whichever cell runs at that moment)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __call__(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
+        screen = getattr(_local, "stderr", None)
+        if screen is None:
+            self._inner(etype, evalue, stb)
+        else:
+            screen.write("\n".join(stb) + "\n")
+
+
+def _installed(shell: Any) -> bool:
+    return (
+        isinstance(sys.stdout, _Router)
+        and isinstance(sys.stderr, _Router)
+        and (
+            shell is None
+            or (isinstance(shell.display_pub, _Publisher) and isinstance(shell._showtraceback, _Tracebacks))
+        )
+    )
+
+
+def _install(shell: Any) -> None:
     with _install_lock:
         for slot in ("stdout", "stderr"):
             stream = getattr(sys, slot)
             if not isinstance(stream, _Router):
                 setattr(sys, slot, _Router(stream, slot))
-        shell = running_shell()
         if shell is not None and not isinstance(shell.display_pub, _Publisher):
             shell.display_pub = _Publisher(shell.display_pub)
+        if shell is not None and not isinstance(shell._showtraceback, _Tracebacks):
+            shell._showtraceback = _Tracebacks(shell._showtraceback)
 
 
 def running_shell() -> Any:
@@ -137,12 +179,8 @@ def current_displays() -> Displays | None:
 def capture() -> Iterator[tuple[Screen, Screen, Displays]]:
     """Collect what the calling thread prints (stdout, stderr, as a terminal shows them) and displays."""
     shell = running_shell()
-    if (
-        not isinstance(sys.stdout, _Router)
-        or not isinstance(sys.stderr, _Router)
-        or (shell is not None and not isinstance(shell.display_pub, _Publisher))
-    ):
-        _install()
+    if not _installed(shell):
+        _install(shell)
     slots = ("stdout", "stderr", "displays", "figures")
     saved = [getattr(_local, slot, None) for slot in slots]
     out, err, displays = Screen(), Screen(), Displays()

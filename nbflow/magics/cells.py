@@ -12,7 +12,6 @@ import linecache
 import symtable
 import traceback
 import uuid
-import warnings
 from typing import Any
 
 from . import figures, registry, showing
@@ -214,25 +213,23 @@ class CellCode:
             showing.use_for_ipython()
             namespace.setdefault("display", showing.display)  # a builtin in the kernel
         with capture() as (out, err, displays), reporting(self.channel, out, err, displays):
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "FigureCanvasAgg is non-interactive")  # plt.show() with Agg
-                before = figures.open_now()
-                value = None
-                try:
-                    exec(body, namespace)
-                    value = eval(last, namespace) if last is not None else None
-                    shown = showing.mimebundle(value) if value is not None else None
-                except BaseException as exc:
-                    exc._nbflow_cell = {  # type: ignore[attr-defined]
-                        "traceback": self._format(exc),
-                        "stdout": out.text(),
-                        "stderr": err.text(),
-                        "displays": _settled(displays),
-                    }
-                    raise
-                finally:
-                    for bundle in figures.close_new(before, value):
-                        displays.add(bundle)
+            before = figures.open_now()
+            value = None
+            try:
+                exec(body, namespace)
+                value = eval(last, namespace) if last is not None else None
+                shown = showing.mimebundle(value) if value is not None else None
+            except BaseException as exc:
+                exc._nbflow_cell = {  # type: ignore[attr-defined]
+                    "traceback": self._format(exc),
+                    "stdout": out.text(),
+                    "stderr": err.text(),
+                    "displays": _settled(displays),
+                }
+                raise
+            finally:
+                for bundle in figures.close_new(before, value):
+                    displays.add(bundle)
         outputs = {name: namespace[name] for name in self.outputs if name in namespace}
         return {
             "outputs": outputs,

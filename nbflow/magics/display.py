@@ -2,7 +2,9 @@
 
 A ``print`` from a background thread lands under the cell running at that moment, so every output of a
 task cell goes through displays created (with a display id) while the submitting cell runs, and later
-``update``d in place from any thread.
+``update``d in place from any thread. What they send is made ``printable`` on its way out (a failure's
+traceback quotes the cell's own values), so no string that UTF-8 cannot encode reaches the kernel's socket,
+which would refuse it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import DisplayHandle, display
 
+from .capture import printable_data
 from .showing import WIDGET, widget_text
 
 LIVE_LINES = 100  # lines of each stream shown while a cell runs; all of them show once it ends
@@ -122,6 +125,7 @@ class CellView:
                 streams_bundle(streams) if streams is not None else self._shown[1],
                 self._rich(rich, final) if rich is not None or self._box is not None else self._shown[2],
             ]
+            bundles = [printable_data(bundle) for bundle in bundles]  # what a cell showed never breaks the kernel
             for i, (handle, bundle) in enumerate(zip(self._handles, bundles, strict=True)):
                 if final or bundle != self._shown[i]:
                     self._shown[i] = bundle

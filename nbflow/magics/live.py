@@ -13,6 +13,7 @@ This module is imported where task cells run: it must not need IPython.
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -86,9 +87,12 @@ class _Reporter:
                     self._thread = None
                     return
             for box in boxes:
-                report = box.report()
-                if report:
-                    sidechannel.send(box.channel, report)
+                try:
+                    report = box.report()
+                    if report:
+                        sidechannel.send(box.channel, report)
+                except Exception as exc:  # one cell's report that cannot travel must not stop the others'
+                    print(f"nbflow: live output of a task cell could not be sent: {exc!r}", file=sys.__stderr__)
 
 
 _reporter = _Reporter()

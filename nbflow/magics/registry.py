@@ -108,7 +108,9 @@ class _OnImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 def per_thread() -> None:
     """From now on, each task cell's thread has its own pyplot figures (see the module's docstring)."""
     helpers = sys.modules.get(_OnImport.NAME)
-    if helpers is not None:
+    if helpers is None:
+        if not any(isinstance(finder, _OnImport) for finder in sys.meta_path):
+            sys.meta_path.insert(0, _OnImport())
+    elif getattr(helpers, "Gcf", None) is not None:  # also while another thread still imports it: Gcf is whole
         _per_thread(helpers)
-    elif not any(isinstance(finder, _OnImport) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _OnImport())
+    # else another thread is importing it and has not made Gcf yet: the next task cell makes it per thread

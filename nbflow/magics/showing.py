@@ -12,7 +12,7 @@ import sys
 from typing import Any
 
 from . import figures
-from .capture import clear, current_displays, running_shell
+from .capture import clear, current_displays, printable_data, running_shell
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 _BAR = 10  # characters of a progress bar's text form (tqdm's width when it does not know the terminal's)
@@ -20,7 +20,7 @@ _BAR = 10  # characters of a progress bar's text form (tqdm's width when it does
 
 def mimebundle(value: Any) -> dict[str, Any]:
     """How to show ``value``, computed where it is (it may not travel): with the kernel's own formatters in
-    the kernel, else IPython's defaults, else its repr; a matplotlib figure as PNG."""
+    the kernel, else IPython's defaults, else its repr; a matplotlib figure as PNG. Its text is ``printable``."""
     shell = running_shell()
     if shell is not None:
         data, _ = shell.display_formatter.format(value)
@@ -33,7 +33,7 @@ def mimebundle(value: Any) -> dict[str, Any]:
             data, _ = DisplayFormatter().format(value)
     if "image/png" not in data and figures.is_figure(value):
         data = figures.bundle(value)
-    return data
+    return printable_data(data)
 
 
 def display(*objs: Any, raw: bool = False, display_id: Any = None, update: bool = False, **_: Any) -> Any:

@@ -23,13 +23,14 @@ from ..tasks import Task
 from .cells import CellCode, CellPlan, pick
 from .display import LIVE_LINES, CellView
 from .live import Inbox
+from .terminal import printable
 
 TICK = 0.25  # seconds between status-line refreshes while task cells are unfinished
 
 
 def short_error(exc: BaseException, text: str | None = None) -> BaseException:
     """Make IPython show ``exc`` as ``text`` (default: its one-line summary) instead of a traceback."""
-    lines = (text or summary(exc)).rstrip("\n").split("\n")
+    lines = printable(text or summary(exc)).rstrip("\n").split("\n")
     exc._render_traceback_ = lambda: lines  # type: ignore[attr-defined]  # IPython's hook for remote errors
     return exc
 
@@ -37,6 +38,13 @@ def short_error(exc: BaseException, text: str | None = None) -> BaseException:
 def summary(exc: BaseException) -> str:
     """``ZeroDivisionError: division by zero``: the exception's class (unqualified) and message on one line."""
     return f"{type(exc).__name__}: {' '.join(str(exc).split())}".rstrip(": ")
+
+
+class _Output(Task):
+    """The small task that picks one output of a task cell from its result: the engine runs it, but it is not
+    one of the notebook's tasks (``task_counts``, ``occupancy`` and the panel count the cell once)."""
+
+    counted = False
 
 
 class TaskCell:
@@ -72,7 +80,7 @@ class TaskCell:
         future = Task(self.code, self.options).submit(**inputs)
         self.future = future
         for name in self.plan.outputs:
-            self.outputs[name] = Task(pick, TaskOptions(name=f"{self.name}.{name}")).submit(future, name)
+            self.outputs[name] = _Output(pick, TaskOptions(name=f"{self.name}.{name}")).submit(future, name)
         ns = self.shell.user_ns
         for name, fut in self.outputs.items():
             if name in ns:
@@ -196,7 +204,10 @@ class Registry:
                     self._ticker = None
                     return
             for cell in pending:
-                cell.refresh()
+                try:
+                    cell.refresh()
+                except Exception as exc:  # a display the kernel refuses must not stop the other cells' redraws
+                    print(f"nbflow: redrawing task cell {cell.name!r} failed: {exc!r}", file=sys.__stderr__)
 
     def unwaited(self) -> list[TaskCell]:
         """Task cells submitted since the last wait for all (finished or not)."""
