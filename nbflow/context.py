@@ -11,8 +11,6 @@ import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
-from . import devices
-
 _local = threading.local()
 
 
@@ -28,6 +26,7 @@ class TaskContext:
     resources: Mapping[str, float]  # what it holds: resources and limits, {name: amount}
     gpus: tuple[int, ...] = ()
     cuda_visible_devices: str | None = None  # None when it holds no GPU
+    deadline: float | None = None  # ``time.monotonic()`` when its timeout ends the attempt; None without a timeout
 
 
 def current() -> TaskContext | None:
@@ -39,11 +38,18 @@ def current() -> TaskContext | None:
 
 
 def of(
-    key: str, name: str, attempt: int, worker: str | None, holds: Mapping[str, float], gpus: Sequence[int]
+    key: str,
+    name: str,
+    attempt: int,
+    worker: str | None,
+    holds: Mapping[str, float],
+    gpus: Sequence[int],
+    ids: str | None = None,
+    deadline: float | None = None,
 ) -> TaskContext:
-    """The context of a task holding the devices ``gpus`` (ordinals of this process's visible devices)."""
-    ids = devices.physical(gpus) if gpus else None
-    return TaskContext(key, name, attempt, worker, dict(holds), tuple(gpus), ids)
+    """The context of a task holding the devices ``gpus`` (ordinals of this process's visible devices), which
+    the engine named ``ids`` (``devices.physical`` of the device list it read once)."""
+    return TaskContext(key, name, attempt, worker, dict(holds), tuple(gpus), ids, deadline)
 
 
 def enter(context: TaskContext | tuple | None) -> object:

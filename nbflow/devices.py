@@ -6,7 +6,9 @@ amount above 1 gets ``ceil(amount)`` devices of its own. If no device is free en
 not pack, or a timed-out task still running), the least loaded ones are shared rather than none given.
 
 An ordinal indexes the devices this process sees: ``CUDA_VISIBLE_DEVICES`` in its order when it is set
-(ids may be numbers, UUIDs or MIG ids, kept as given), else ``0..n-1``.
+(ids may be numbers, UUIDs or MIG ids, kept as given), else ``0..n-1``. Each engine reads that list once, when
+it starts: a task that sets ``os.environ["CUDA_VISIBLE_DEVICES"]`` changes no other task's devices. No id is
+ever made up: an ordinal past the list, or a ``GPU`` capacity above it, is refused.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
+
+from .errors import ResourceSpecError, Unsatisfiable
 
 EPS = 1e-9
 
@@ -40,26 +44,69 @@ def weight(amount: float, count: int) -> float:
     return amount if amount < 1 and count == 1 else 1.0
 
 
-def visible(env: Mapping[str, str] = os.environ) -> list[str] | None:
-    """The device ids ``CUDA_VISIBLE_DEVICES`` lists, in order; None when it is not set."""
-    value = env.get("CUDA_VISIBLE_DEVICES")
+def listed(value: str | None) -> list[str] | None:
+    """The device ids a ``CUDA_VISIBLE_DEVICES`` value lists, in order; None when it is not set. As CUDA does,
+    the list ends at the first empty or negative entry (``"0,-1,2"`` is device 0 only). A device listed twice
+    is refused: two tasks would be handed the same device as two."""
     if value is None:
         return None
-    return [part.strip() for part in value.split(",") if part.strip()]
+    ids: list[str] = []
+    for part in value.split(","):
+        part = part.strip()
+        if not part or part.startswith("-"):
+            break
+        if part in ids:
+            raise ResourceSpecError(
+                f"CUDA_VISIBLE_DEVICES={value!r} lists device {part!r} twice: list each device once"
+            )
+        ids.append(part)
+    return ids
 
 
-def physical(ordinals: Sequence[int], env: Mapping[str, str] = os.environ) -> str:
-    """The ids of ``ordinals`` for a process started from this one: ``"5"`` for ordinal 1 of ``3,5``."""
-    ids = visible(env)
-    return ",".join(ids[i] if ids is not None and i < len(ids) else str(i) for i in ordinals)
+def visible(env: Mapping[str, str] = os.environ) -> list[str] | None:
+    """The device ids ``CUDA_VISIBLE_DEVICES`` lists in ``env`` (see ``listed``)."""
+    return listed(env.get("CUDA_VISIBLE_DEVICES"))
+
+
+def physical(ordinals: Sequence[int], value: str | None, strict: bool = True) -> str:
+    """The ids of ``ordinals`` among the devices ``value`` lists (the ``CUDA_VISIBLE_DEVICES`` an engine
+    started with): ``"5"`` for ordinal 1 of ``"3,5"``; ordinal *k* is device *k* when it is None.
+    An ordinal past the list is refused rather than named by a made-up id (shown as ``slot 2?`` when not
+    ``strict``, for the panel)."""
+    ids = listed(value)
+    if ids is None:
+        return ",".join(map(str, ordinals))
+    past = [i for i in ordinals if i >= len(ids)]
+    if past and strict:
+        raise Unsatisfiable(f"GPU slot {past[0]} has no device: {_fewer(value, ids, _LIMIT)}")
+    return ",".join(ids[i] if i < len(ids) else f"slot {i}?" for i in ordinals)
+
+
+_LIMIT = 'set nbflow.limit("GPU", {n})'
+
+
+def check_capacity(
+    capacity: float, value: str | None, what: str = "the machine's GPU limit", fix: str = _LIMIT
+) -> None:
+    """Refuse handing out ``capacity`` GPUs (slot *k* is the *k*-th listed device) when ``value``, a
+    ``CUDA_VISIBLE_DEVICES``, lists fewer devices; ``fix`` says how to lower it (``{n}``: the device count)."""
+    ids = listed(value)
+    if ids is not None and capacity > len(ids) + EPS:
+        raise Unsatisfiable(f"{what} has capacity {capacity:g} but {_fewer(value, ids, fix)}")
+
+
+def _fewer(value: str | None, ids: list[str], fix: str) -> str:
+    n = len(ids)
+    return f"CUDA_VISIBLE_DEVICES lists {n} devices ({value!r}): {fix.format(n=n)} or list more devices"
 
 
 class Table:
     """The GPUs of one Dask worker process, handed to the tasks running on it (Dask counts the amounts;
     this says which devices)."""
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, value: str | None = None) -> None:
         self.load = [0.0] * count
+        self.value = value  # the worker's CUDA_VISIBLE_DEVICES, read once: what the ordinals name
         self._lock = threading.Lock()
 
     def take(self, amount: float) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
+from .. import context
 from ..engines import engine
 from ..futures import Future, find_futures
 from .keys import Unknown, call_key, code_hash, state_hash
@@ -44,10 +45,11 @@ class Cached:
 
     def __init__(self, fn: Callable[..., Any], name: str, code: str, options: Any, root: str) -> None:
         self.fn, self.name, self.code, self.root = fn, name, code, root
-        self.cache_key, self.expiration, self.timeout = options.cache_key, options.cache_expiration, options.timeout
+        self.cache_key, self.expiration = options.cache_key, options.cache_expiration
 
     def now(self) -> str:
-        """The code part of the keys as of now: the notebook's constants may have changed since the plan."""
+        """The code part of the keys as of now: the notebook's constants and helpers may have changed (a cell
+        defining them run again) since the plan."""
         return self.code + state_hash(self.fn)
 
     def key(self, code: str, args: tuple, kwargs: dict) -> str:
@@ -68,12 +70,20 @@ class Cached:
             start = time.monotonic()
             value = self.fn(*args, **kwargs)
             took = time.monotonic() - start
-            if self.timeout is None or took < self.timeout:  # a thread that ran past its timeout is not stored
+            if not _ended():
                 try:
                     shelf.put(key, self.name, value, took)
                 except OSError as exc:
                     _cannot_store(self.root, exc)
             return value
+
+
+def _ended() -> bool:
+    """Whether the engine has ended the attempt running here: its timeout fired (while it waited for the key's
+    lock or computed), so its late result is dropped. The deadline is taken before the engine's timer is armed,
+    so a timeout that has fired is always seen."""
+    ctx = context.current()
+    return ctx is not None and ctx.deadline is not None and time.monotonic() >= ctx.deadline
 
 
 def _cannot_store(root: str, exc: OSError) -> None:

@@ -1,20 +1,24 @@
 """Cache keys: a task's name, its code and the values it is called with, hashed so that only what matters counts.
 
-Code is hashed from its source parsed with ``ast`` (comments, formatting, docstrings and decorators do not
-count), plus the code of every function defined in the notebook (``__main__``) that it names, so editing a
-helper invalidates its callers. Values are hashed by content: numpy arrays and pandas objects by their data,
-functions by their code, a future by the cache key of the value it resolves to.
+A function counts by its compiled code (not its line numbers, comments, formatting, docstring or decorators)
+and by what it computes with besides its arguments: the object a method is bound to, its closure's values, its
+defaults, and the functions, classes and constants of the notebook (``__main__``) it names, recursively. A task
+cell counts by its source, parsed. Values are hashed by content: numpy arrays and pandas objects by their data,
+an instance of a notebook class by its class's code and its attributes, a future by the cache key of the value
+it resolves to. Where nbflow cannot tell two values apart it raises rather than guess: a wrong hit is worse than
+a miss.
 """
 
 from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import inspect
 import math
-import textwrap
 import types
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -33,39 +37,14 @@ def digest(*parts: bytes) -> str:
     return h.hexdigest()
 
 
-def code_hash(fn: Any, _seen: set[int] | None = None) -> str:
-    """The hash of ``fn``'s code and of the notebook functions it names (recursively)."""
-    seen = _seen if _seen is not None else set()
-    seen.add(id(fn))
-    source = getattr(fn, "_nbflow_source", None)  # a task cell's source
-    namespace: Mapping[str, Any] = {}
-    if source is None:
-        fn = inspect.unwrap(getattr(fn, "__func__", fn))
-        source = _source(fn)
-        namespace = getattr(fn, "__globals__", {})
-    tree = _parse(source)
-    names = sorted(_names(tree, getattr(fn, "__code__", None)))  # (before normalizing drops the decorators)
-    own = _normalized(tree) if tree is not None else source or _bytecode(getattr(fn, "__code__", None))
-    helpers = []
-    for name in names:
-        helper = namespace.get(name)
-        if _is_notebook_function(helper) and id(helper) not in seen:
-            helpers.append(f"{name}:{code_hash(helper, seen)}".encode())
-    return digest(own.encode(), *helpers)
-
-
-def _source(fn: Any) -> str | None:
-    try:
-        return textwrap.dedent(inspect.getsource(fn))
-    except (OSError, TypeError):
-        return None
-
-
-def _parse(source: str | None) -> ast.AST | None:
-    try:
-        return ast.parse(source) if source is not None else None
-    except SyntaxError:  # e.g. a lambda cut out of a longer line: its text (or bytecode) stands for it
-        return None
+def code_hash(fn: Any) -> str:
+    """The hash of ``fn``'s own code: a task cell's parsed source, a function's compiled code; another callable
+    (a ``functools.partial``, an object with ``__call__``) counts by its value, in ``state_hash``."""
+    source = getattr(fn, "_nbflow_source", None)
+    if source is not None:
+        return digest(_normalized(ast.parse(source)).encode())
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    return _code(code)[0].decode() if code is not None else digest(type(fn).__qualname__.encode())
 
 
 def _normalized(tree: ast.AST) -> str:
@@ -85,90 +64,236 @@ def _normalized(tree: ast.AST) -> str:
     return ast.dump(tree, annotate_fields=False, include_attributes=False)
 
 
-def _bytecode(code: types.CodeType | None) -> str:
-    if code is None:
-        return ""
-    consts = [_bytecode(c) if isinstance(c, types.CodeType) else repr(c) for c in code.co_consts]
-    return f"{code.co_code.hex()}|{consts}|{code.co_names}"
+_codes: dict[int, tuple[weakref.ref, bytes, tuple[str, ...]]] = {}  # id(code) -> (code, its hash, names)
 
 
-def _names(tree: ast.AST | None, code: types.CodeType | None) -> set[str]:
-    """Global names the code may call: from its syntax tree, or its bytecode where there is none."""
-    if tree is not None:
-        return {node.id for node in ast.walk(tree) if isinstance(node, ast.Name)}
-    names: set[str] = set()
-    stack = [code] if code is not None else []
-    while stack:
-        current = stack.pop()
-        names.update(current.co_names)
-        stack.extend(c for c in current.co_consts if isinstance(c, types.CodeType))
-    return names
+def _code(code: types.CodeType) -> tuple[bytes, tuple[str, ...]]:
+    """A code object's hash and the global names it may read, once per code object (a hit hashes its task's
+    helpers on every call). The compiled code, not the source: two lambdas of one line differ, and a class made
+    in a notebook, whose source ``inspect`` cannot find, counts by its methods' code."""
+    found = _codes.get(id(code))
+    if found is None or found[0]() is not code:
+        parts: list[bytes] = []
+        names: set[str] = set()
+        _compiled(code, parts, names)
+        ref = weakref.ref(code, functools.partial(_forget, id(code)))
+        found = _codes[id(code)] = (ref, digest(*parts).encode(), tuple(sorted(names)))
+    return found[1], found[2]
 
 
-def _is_notebook_function(value: Any) -> bool:
-    return isinstance(value, types.FunctionType) and value.__module__ == "__main__"
+def _forget(key: int, _: weakref.ref) -> None:
+    _codes.pop(key, None)
+
+
+_HAS_DOCSTRING = getattr(inspect, "CO_HAS_DOCSTRING", None)  # Python >= 3.14
+
+
+def _compiled(code: types.CodeType, parts: list[bytes], names: set[str]) -> None:
+    """What ``code`` does: its bytecode, names, signature and constants, nested code included; not its line
+    numbers nor its docstring."""
+    consts = code.co_consts
+    if _HAS_DOCSTRING is not None:
+        consts = consts[1:] if code.co_flags & _HAS_DOCSTRING else consts
+    elif code.co_flags & inspect.CO_NEWLOCALS and not code.co_name.startswith("<"):  # a ``def``: up to 3.13 its
+        consts = consts[1:]  # first constant is its docstring or None (a lambda's or comprehension's is not)
+    flags = code.co_flags & ~(_HAS_DOCSTRING or 0)
+    layout = (code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, flags)
+    parts.append(repr((layout, code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars)).encode())
+    parts.append(code.co_code)
+    names.update(code.co_names)
+    for const in consts:
+        if isinstance(const, types.CodeType):
+            _compiled(const, parts, names)
+        elif isinstance(const, frozenset):  # (its repr's order changes from one process to the next)
+            parts.append(f"frozenset{sorted(repr(item) for item in const)}".encode())
+        else:
+            parts.append(f"{type(const).__name__}:{const!r}".encode())
+
+
+def _notebook(value: Any) -> bool:
+    """Defined in the notebook (or the ``__main__`` script): its code is not in any file the key could name."""
+    return getattr(value, "__module__", None) == "__main__"
+
+
+def _helper(value: Any) -> Any:
+    """The notebook function behind a global a function names (an ``nbflow.task`` wraps one), else None."""
+    if isinstance(value, types.FunctionType):
+        return value if value.__module__ == "__main__" else None
+    if hasattr(value, "__wrapped__") and callable(value):
+        try:
+            inner = inspect.unwrap(value)
+        except ValueError:  # a proxy whose ``__wrapped__`` never ends
+            return None
+        return inner if isinstance(inner, types.FunctionType) and inner.__module__ == "__main__" else None
+    return None
 
 
 def value_hash(value: Any, what: str) -> str:
     """The hash of an argument's value by content; ``what`` names it in the error if it cannot be hashed."""
     h = hashlib.blake2b(digest_size=20)
-    _feed(h, value, what, set())
+    _feed(h, value, what, {})
     return h.hexdigest()
 
 
-def _feed(h: Any, value: Any, what: str, seen: set[int]) -> None:
+Seen = dict[int, tuple[int, Any]]  # id -> (order, the object, kept alive so that its id is not reused)
+
+
+def _again(h: Any, value: Any, seen: Seen) -> bool:
+    """True (and the hash says which earlier object it is) if ``value`` was hashed before: cycles end here."""
+    earlier = seen.get(id(value))
+    if earlier is not None:
+        h.update(f"<same as {earlier[0]}>".encode())
+        return True
+    seen[id(value)] = (len(seen), value)
+    return False
+
+
+_SCALARS = (bool, int, float, complex, str, bytes)
+
+
+def _feed(h: Any, value: Any, what: str, seen: Seen) -> None:
     kind = type(value)
     h.update(f"<{kind.__module__}.{kind.__qualname__}>".encode())
     if value is None or kind in (bool, int, str, bytes, complex):
         h.update(repr(value).encode())
-    elif kind is float:
+        return
+    if kind is float:
         h.update((repr(value) if not math.isnan(value) else "nan").encode())
-    elif getattr(value, "cache_key", None) is not None and hasattr(value, "add_done_callback"):  # an nbflow future
+        return
+    if getattr(value, "cache_key", None) is not None and hasattr(value, "add_done_callback"):  # an nbflow future
         h.update(value.cache_key.encode())
-    elif hasattr(value, "add_done_callback") and hasattr(value, "key"):
+        return
+    if hasattr(value, "add_done_callback") and hasattr(value, "key"):
         raise Unknown(what)
-    elif id(value) in seen:
-        h.update(b"<cycle>")
-    elif kind in (list, tuple) or isinstance(value, (list, tuple)):
-        seen.add(id(value))
+    if isinstance(value, (types.FunctionType, types.MethodType)):
+        _feed_function(h, value, what, seen, strict=True)
+        return
+    if isinstance(value, type) and _notebook(value):
+        _feed_class(h, value, what, seen, strict=True)
+        return
+    if _again(h, value, seen):  # (functions and classes see to their own cycles)
+        return
+    if kind.__module__ == "__main__":  # an instance of a notebook class: its class's code counts too
+        _feed_class(h, kind, what, seen, strict=True)
+    if isinstance(value, (list, tuple)):
         h.update(str(len(value)).encode())
         for i, item in enumerate(value):
             _feed(h, item, f"{what}[{i}]", seen)
     elif isinstance(value, Mapping):
-        seen.add(id(value))
         items = sorted((value_hash(k, what), k) for k in value)
         for key_hash, k in items:
             h.update(key_hash.encode())
             _feed(h, value[k], f"{what}[{k!r}]", seen)
     elif isinstance(value, (set, frozenset)):
         h.update("".join(sorted(value_hash(item, what) for item in value)).encode())
-    elif isinstance(value, (types.FunctionType, types.MethodType)) or hasattr(value, "_nbflow_source"):
+    elif hasattr(value, "_nbflow_source"):
         h.update(code_hash(value).encode())
+    elif isinstance(value, functools.partial):
+        _feed(h, (value.func, value.args, value.keywords), what, seen)
     elif isinstance(value, types.ModuleType):
         h.update(value.__name__.encode())
     elif _is_numpy(value):
         _feed_array(h, value, what, seen)
     elif _is_pandas(value):
         _feed_pandas(h, value, what, seen)
+    elif isinstance(value, _SCALARS):  # of a subclass (a notebook's ``Meters(float)``, an ``IntEnum``): its value
+        base = next(b for b in _SCALARS if isinstance(value, b))
+        h.update(base.__repr__(value).encode())  # (not ``str(value)``: the subclass may change that)
+        _feed(h, getattr(value, "__dict__", None), f"{what}.__dict__", seen)
     elif dataclasses.is_dataclass(value) and not isinstance(value, type):
-        seen.add(id(value))
         for field in dataclasses.fields(value):
             h.update(field.name.encode())
             _feed(h, getattr(value, field.name), f"{what}.{field.name}", seen)
-    elif kind.__module__ == "__main__" and hasattr(value, "__dict__"):  # a notebook class: its code and state
-        seen.add(id(value))  # (pickling it by value would differ from one process to the next)
-        tree = _parse(_source(kind))
-        h.update((_normalized(tree) if tree is not None else kind.__qualname__).encode())
-        _feed(h, vars(value), f"{what}.__dict__", seen)
+    elif kind.__module__ == "__main__":  # its attributes (pickling it by value would differ between processes)
+        _feed(h, getattr(value, "__dict__", None), f"{what}.__dict__", seen)
+        slots = [name for cls in kind.__mro__ for name in getattr(cls, "__slots__", ()) if hasattr(value, name)]
+        _feed(h, {name: getattr(value, name) for name in slots}, what, seen)
     else:
         _feed_pickle(h, value, what)
+
+
+def _feed_function(h: Any, fn: Any, what: str, seen: Seen, strict: bool) -> None:
+    """A function by its code and what it computes with besides its arguments: the object a method is bound
+    to, its closure's values and its defaults, and the notebook's functions, classes and constants it names,
+    recursively. ``strict``: those values are hashed whatever they are (a function passed as an argument, an
+    instance's class); else only constants count, as documented for a task's own function."""
+    if isinstance(fn, types.MethodType):
+        _feed(h, fn.__self__, f"{what} (the object it is bound to)", seen)
+        fn = fn.__func__
+    code = getattr(fn, "__code__", None)  # (not unwrapped: a decorator's wrapper counts, and what it wraps)
+    if code is None:  # a builtin
+        _feed_pickle(h, fn, what)
+        return
+    if _again(h, fn, seen):
+        return
+    own, names = _code(code)
+    h.update(own)
+    for name, cell in zip(code.co_freevars, getattr(fn, "__closure__", None) or (), strict=False):
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        _feed_read(h, f"closure {name}", value, what, seen, strict)
+    for i, value in enumerate(getattr(fn, "__defaults__", None) or ()):
+        _feed_read(h, f"default {i}", value, what, seen, strict)
+    for name, value in sorted((getattr(fn, "__kwdefaults__", None) or {}).items()):
+        _feed_read(h, f"default {name}", value, what, seen, strict)
+    namespace = getattr(fn, "__globals__", None) or {}  # (a compiled function may have none)
+    if namespace.get("__name__") == "__main__":
+        for name in names:
+            if name in namespace:
+                _feed_read(h, name, namespace[name], what, seen, strict, others=False)
+
+
+def _feed_read(h: Any, name: str, value: Any, what: str, seen: Seen, strict: bool, others: bool = True) -> None:
+    """One value a function reads besides its arguments (see ``_feed_function``); ``others``: whether a value
+    that is not a constant, a notebook function or class counts (a closure's, a default), if ``strict``."""
+    helper = _helper(value)
+    if helper is not None:
+        h.update(name.encode())
+        _feed_function(h, helper, f"{what} ({name})", seen, strict)
+    elif isinstance(value, type) and _notebook(value):
+        h.update(name.encode())
+        _feed_class(h, value, f"{what} ({name})", seen, strict)
+    elif (strict and others) or _plain(value, [_PLAIN_SIZE]):
+        h.update(name.encode())
+        _feed(h, value, f"{what} ({name})", seen)
+    elif others:
+        h.update(f"{name}<not counted>".encode())
+
+
+def _feed_class(h: Any, cls: type, what: str, seen: Seen, strict: bool) -> None:
+    """A notebook class by its bases, its methods' code and its attributes, from its ``__dict__`` (``inspect``
+    cannot find the source of a class made in a kernel)."""
+    if _again(h, cls, seen):
+        return
+    h.update(cls.__qualname__.encode())
+    for base in cls.__bases__:
+        if _notebook(base):
+            _feed_class(h, base, what, seen, strict)
+        else:
+            h.update(f"{base.__module__}.{base.__qualname__}".encode())
+    for name, attr in sorted(vars(cls).items()):
+        if isinstance(attr, (staticmethod, classmethod)):
+            attr = attr.__func__
+        elif isinstance(attr, functools.cached_property):
+            attr = attr.func
+        functions = [attr.fget, attr.fset, attr.fdel] if isinstance(attr, property) else [attr]
+        if any(isinstance(f, types.FunctionType) for f in functions):
+            for f in functions:
+                h.update(name.encode())
+                if f is not None:
+                    _feed_function(h, f, f"{what}.{name}", seen, strict)
+        elif not (name.startswith("_") and name.endswith("_")):  # not ``__module__``, ``__doc__``, enum internals
+            # other class attributes are the class's globals: constants count, shared objects do not
+            _feed_read(h, name, attr, f"{what}.{cls.__qualname__}", seen, strict=False)
 
 
 def _is_numpy(value: Any) -> bool:
     return type(value).__module__ == "numpy" and hasattr(value, "dtype") and hasattr(value, "tobytes")
 
 
-def _feed_array(h: Any, array: Any, what: str, seen: set[int]) -> None:
+def _feed_array(h: Any, array: Any, what: str, seen: Seen) -> None:
     import numpy as np
 
     array = np.asarray(array)
@@ -183,7 +308,7 @@ def _is_pandas(value: Any) -> bool:
     return type(value).__module__.startswith("pandas.") and hasattr(value, "index")
 
 
-def _feed_pandas(h: Any, obj: Any, what: str, seen: set[int]) -> None:
+def _feed_pandas(h: Any, obj: Any, what: str, seen: Seen) -> None:
     import pandas as pd
 
     h.update(repr(getattr(obj, "dtypes", getattr(obj, "dtype", ""))).encode())
@@ -220,40 +345,18 @@ def _plain(value: Any, budget: list[int]) -> bool:
 
 
 def state_hash(fn: Any) -> str:
-    """What a function reads besides its arguments and code: its closure's values, its defaults, and the
-    constants of the notebook it names (``THRESHOLD = 0.5``), and the same of the notebook functions it calls,
-    so changing one recomputes. Other values (a list it may append to, a dict, a model, a DataFrame) do not
-    count: pass them as arguments to have them in the key."""
-    parts: list[bytes] = []
-    _state(fn, parts, set())
-    return digest(*parts)
-
-
-def _state(fn: Any, parts: list[bytes], seen: set[int]) -> None:
-    fn = inspect.unwrap(getattr(fn, "__func__", fn))
-    code = getattr(fn, "__code__", None)
-    if code is None or id(fn) in seen:
-        return
-    seen.add(id(fn))
-    cells = zip(code.co_freevars, fn.__closure__ or (), strict=False)
-    values: list[tuple[str, Any]] = [(f"closure {name}", cell.cell_contents) for name, cell in cells if _filled(cell)]
-    values += [("defaults", fn.__defaults__), ("kwdefaults", fn.__kwdefaults__)]
-    namespace = getattr(fn, "__globals__", {})
-    if namespace.get("__name__") == "__main__":
-        values += [(name, namespace[name]) for name in sorted(_names(None, code)) if name in namespace]
-    for name, value in values:
-        if _is_notebook_function(value):
-            _state(value, parts, seen)
-        elif _plain(value, [_PLAIN_SIZE]):
-            parts.append(f"{name}={value_hash(value, name)}".encode())
-
-
-def _filled(cell: Any) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018  (an empty cell raises)
-        return True
-    except ValueError:
-        return False
+    """What a task's function computes with besides its arguments and its own code, as of now: the object it
+    is bound to; its closure's values, its defaults and the notebook constants it names (``THRESHOLD = 0.5``);
+    the code and the same constants of the notebook functions and classes it names, so redefining a helper
+    recomputes even when the task is not defined again. Other values it reads (a list it may append to, a
+    dict, a model, a DataFrame) do not count: pass them as arguments to have them in the key."""
+    h = hashlib.blake2b(digest_size=20)
+    what = f"{getattr(fn, '__name__', 'the task')}()"
+    if getattr(fn, "__code__", None) is not None or isinstance(fn, types.MethodType):
+        _feed_function(h, fn, what, {}, strict=False)
+    elif not hasattr(fn, "_nbflow_source"):  # a callable object: its value as of now (a cell's inputs are arguments)
+        _feed(h, fn, f"the callable of {what}", {})
+    return h.hexdigest()
 
 
 def call_key(name: str, code: str, args: tuple, kwargs: Mapping[str, Any], cache_key: Callable | None) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import functools
 import itertools
+import os
 import threading
 import time
 from collections.abc import Mapping
@@ -53,7 +54,7 @@ def bound() -> Any:
 class Run:
     """One submitted task on its way through an engine; engines subclass it to add their own slots."""
 
-    __slots__ = ("task", "fut", "args", "kwargs", "deps", "attempt", "phase", "live", "claimed", "delay")
+    __slots__ = ("task", "fut", "args", "kwargs", "deps", "attempt", "phase", "live", "claimed", "delay", "counted")
 
     def __init__(self, task: Runnable, fut: Future, args: tuple, kwargs: dict, deps: bool) -> None:
         self.task = task
@@ -66,6 +67,7 @@ class Run:
         self.live = False  # an attempt is placed and has not ended
         self.claimed = False  # the future was moved to running (it can no longer be cancelled)
         self.delay: list | None = None  # the timer entry while it waits out a retry delay
+        self.counted: bool = getattr(task, "counted", True)  # False: part of a task that is counted (a cell's output)
 
     @property
     def name(self) -> str:
@@ -85,6 +87,7 @@ class Engine:
         self._delayed: set[Run] = set()  # runs waiting out a retry delay
         self._blocked: set[Run] = set()  # runs waiting for their dependencies
         self._closed = False
+        self.cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # read once: see ``nbflow.devices``
 
     # --- what engines implement ----------------------------------------------------------------------
 
@@ -124,7 +127,7 @@ class Engine:
         """Schedule ``task(*args, **kwargs)``; futures in the arguments are dependencies. Never blocks."""
         self._admit(task)
         run = self._new_run(task, args, kwargs)
-        self._counted(1)
+        self._counted(run.counted)
         if run.deps:
             self._after_deps(run)
         else:
@@ -135,7 +138,7 @@ class Engine:
         """One run per ``(args, kwargs)``, checked once; those without dependencies start as one batch."""
         self._admit(task)
         runs = [self._new_run(task, args, kwargs) for args, kwargs in calls]
-        self._counted(len(runs))
+        self._counted(sum(run.counted for run in runs))
         ready = []
         for run in runs:
             if run.deps:
@@ -166,7 +169,8 @@ class Engine:
                 holdings = acquire_all(demands, task=opts.name) if demands else []
             gpus = devices.held(holdings)
             try:
-                with context.running((key, opts.name, attempt, here, demands, gpus)):
+                ids = devices.physical(gpus, self.cuda_visible) if gpus else None
+                with context.running((key, opts.name, attempt, here, demands, gpus, ids)):
                     return task.fn(*args, **kwargs)
             except Exception:
                 if attempt >= opts.retries:
@@ -357,8 +361,9 @@ class Engine:
             old = run.phase
             if old == phase or (old in _DONE and not force):
                 return
-            self._counts[old] -= 1
-            self._counts[phase] += 1
+            if run.counted:
+                self._counts[old] -= 1
+                self._counts[phase] += 1
             run.phase = phase
             if phase not in _DONE:
                 run.fut.phase = phase

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import pickle
 import queue
 import threading
@@ -102,12 +103,15 @@ _holders: dict[str, _Devices] = {}  # Dask key -> the devices its attempt holds 
 
 
 def _table(worker: Any) -> devices.Table:
-    """This worker's GPUs: its ``CUDA_VISIBLE_DEVICES``, else as many as its ``GPU`` resource."""
+    """This worker's GPUs: its ``CUDA_VISIBLE_DEVICES`` (read once), else as many as its ``GPU`` resource,
+    which may not exceed the devices listed."""
     table = _tables.get(worker)
     if table is None:
-        ids = devices.visible()
-        count = len(ids) if ids is not None else int(worker.state.total_resources.get("GPU", 0))
-        table = _tables.setdefault(worker, devices.Table(count))
+        value = os.environ.get("CUDA_VISIBLE_DEVICES")
+        ids = devices.listed(value)
+        resource = worker.state.total_resources.get("GPU", 0)
+        devices.check_capacity(resource, value, f"worker {worker.name!r}'s GPU resource", "start it with GPU={n}")
+        table = _tables.setdefault(worker, devices.Table(len(ids) if ids is not None else int(resource), value))
     return table
 
 
@@ -117,12 +121,14 @@ def _context(worker: Any, dask_key: str, opts: Any, holdings: list) -> tuple:
     (distinct on this worker)."""
     gpus = devices.held(holdings)
     amount = opts.resources.get("GPU", 0)
+    table = _table(worker) if gpus or amount else None
     if not gpus and amount:
-        held = _Devices(_table(worker), amount, dask_key, opts.name)
+        held = _Devices(table, amount, dask_key, opts.name)
         holdings.append(held)  # released with the limits: when the function has really stopped
         gpus = held.ordinals
+    ids = devices.physical(gpus, table.value) if gpus else None
     key, attempt = _task_key(dask_key)
-    return (key, opts.name, attempt, str(worker.name), opts.held() if opts.limits else opts.resources, gpus)
+    return (key, opts.name, attempt, str(worker.name), opts.held() if opts.limits else opts.resources, gpus, ids)
 
 
 def _send_side(worker: Any, channel: str, message: Any) -> None:
@@ -263,9 +269,7 @@ class _Relay:
             self.call(_rejoin_once)
 
 
-def _run_with_deadline(
-    task: Runnable, args: tuple, kwargs: dict, engine: Any, holdings: list, ctx: tuple
-) -> Any:
+def _run_with_deadline(task: Runnable, args: tuple, kwargs: dict, engine: Any, holdings: list, ctx: tuple) -> Any:
     """Run the task in a helper thread and raise ``TaskTimeout`` in this one at the deadline.
 
     At the deadline the worker thread and the task's Dask resources are free at once; the helper gets an
@@ -273,6 +277,8 @@ def _run_with_deadline(
     first), and keeps the task's machine-wide limits until it has really stopped.
     """
     timeout = task.options.timeout
+    deadline = time.monotonic() + timeout
+    current = context.of(*ctx, deadline=deadline)  # the attempt's ``nbflow.current()``, with its deadline
     relay = _Relay()
     outcome: dict[str, Any] = {}
 
@@ -289,7 +295,7 @@ def _run_with_deadline(
         set_block_hook(relay.seceded)
         try:
             try:
-                with context.running(ctx):
+                with context.running(current):
                     outcome["value"] = task.fn(*args, **kwargs)
             except BaseException as exc:  # handed to the task thread, which raises it
                 outcome["error"] = exc
@@ -302,7 +308,6 @@ def _run_with_deadline(
                     continue
 
     thread = threading.Thread(target=helper, name=f"nbflow-{task.name}", daemon=True)
-    deadline = time.monotonic() + timeout
     thread.start()
     while (request := _next_request(relay, deadline)) is not None:
         fn, done = request
@@ -378,7 +383,7 @@ def probe(dask_worker: Any) -> dict[str, Any]:
         "waiting": [ts.key for ts in state.constrained],
         "queued": len(state.ready),
         "gpus": [  # the devices each running task holds through this worker's GPU resource
-            {"task": held.name, "ids": devices.physical(held.ordinals)}
+            {"task": held.name, "ids": devices.physical(held.ordinals, held.table.value)}
             for held in list(_holders.values())
             if held.table is _tables.get(dask_worker)
         ],

@@ -87,6 +87,8 @@ class LocalEngine(Engine):
         if opts.resources or opts.limits:
             demands = task.options.held()
             check(demands)
+            if "GPU" in demands:  # slot k is the k-th listed device: refuse slots that have none
+                devices.check_capacity(_capacity_or_zero("GPU"), self.cuda_visible)
             with self._lock:
                 for name in demands:
                     self._held.setdefault(name, 0.0)
@@ -163,17 +165,20 @@ class LocalEngine(Engine):
         args, kwargs = self._arguments(run)
         fn = run.task.fn
         gpus = devices.held(attempt.holdings)
+        ids = devices.physical(gpus, self.cuda_visible) if gpus else None
+        timeout = run.task.options.timeout  # (the deadline is taken before the timer is armed: never after it fires)
+        deadline = time.monotonic() + timeout if timeout is not None else None
         if not self.processes:
-            ctx = (run.fut.key, run.name, attempt.number, thread, run.demands or {}, gpus)  # see context.of
+            ctx = (run.fut.key, run.name, attempt.number, thread, run.demands or {}, gpus, ids, deadline)  # context.of
             return functools.partial(fn, *args, **kwargs), ctx
         child = getattr(self._local, "child", None)
         if child is None:
             from .procpool import ChildProcess
 
             child = self._local.child = ChildProcess()
-        env = {"CUDA_VISIBLE_DEVICES": devices.physical(gpus)} if gpus else {}  # the child sees only its own
+        env = {"CUDA_VISIBLE_DEVICES": ids} if ids else {}  # the child sees only its own
         run.fut.worker = f"{thread}/pid {child.start(env)}"
-        ctx = context.of(run.fut.key, run.name, attempt.number, run.fut.worker, run.demands or {}, gpus)
+        ctx = context.of(run.fut.key, run.name, attempt.number, run.fut.worker, run.demands or {}, gpus, ids, deadline)
         ctx = dataclasses.replace(ctx, gpus=tuple(range(len(gpus))))  # ordinals within the child's devices
         attempt.child = child
         keep = [h.fileno() for h in attempt.holdings]
@@ -243,7 +248,10 @@ class LocalEngine(Engine):
                     "waiting": counts["waiting"],
                     "queued": self._pool.queued,
                     "gpus": [  # this kernel's tasks holding GPU slots (children run with the kernel's shares)
-                        {"task": holder["task"], "ids": devices.physical(holder["slots"])}
+                        {
+                            "task": holder["task"],
+                            "ids": devices.physical(holder["slots"], self.cuda_visible, strict=False),
+                        }
                         for info in snapshot
                         if info["name"] == "GPU"
                         for holder in info["holders"]

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 
+from ..devices import visible
+
 _nvidia_smi: list[int] = []  # cached count of `nvidia-smi -L` lines (empty list = not asked yet)
 
 
@@ -24,16 +26,11 @@ def detected_capacity(name: str) -> float | None:
 
 
 def gpu_count() -> int:
-    """Devices in ``CUDA_VISIBLE_DEVICES`` (read each call; ``""`` means none), else ``nvidia-smi -L`` lines."""
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if visible is not None:
-        count = 0
-        for item in visible.split(","):
-            item = item.strip()
-            if not item or item.startswith("-"):  # CUDA stops at the first invalid index
-                break
-            count += 1
-        return count
+    """Devices in ``CUDA_VISIBLE_DEVICES`` (read each call, parsed as devices are handed out: ``""`` means
+    none), else ``nvidia-smi -L`` lines."""
+    ids = visible()
+    if ids is not None:
+        return len(ids)
     if not _nvidia_smi:
         _nvidia_smi.append(_count_nvidia_smi())
     return _nvidia_smi[0]
