@@ -4,6 +4,8 @@
 2. ``task.map`` vs ``client.map`` of the same function, 10,000 and 100,000 no-op tasks: time ratio.
 3. The seed pipeline (download 0.1 s -> infer 0.3 s with GPU=1 on a GPU=2 worker -> save 0.05 s) on Dask:
    makespan / ideal, ideal = 0.1 + n * 0.3 / 2 + 0.05, next to the same pipeline through raw ``client.submit``.
+4. ``nbflow.gather`` of a ``task.map`` vs ``client.gather`` of a ``client.map``, 10,000 and 100,000 no-op tasks,
+   on a cluster of 2 workers x 2 threads: time ratio (submit, wait, and fetch every value into this process).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from nbflow.demo import DOWNLOAD, INFER, SAVE, ideal  # noqa: E402
 N_NOOP = 2000
 ROUNDS = 7
 MAP_SIZES = {10_000: 3, 100_000: 2}  # tasks: rounds (a 100,000-task round takes over a minute on 2 cores)
+GATHER_SIZES = {10_000: 3, 100_000: 2}  # the same for gather
 N_IMAGES = 20
 
 
@@ -91,6 +94,28 @@ def nbflow_map_round(noop_task: nbflow.Task, n: int) -> float:
     return elapsed
 
 
+def raw_gather_round(client: distributed.Client, n: int) -> float:
+    settle(client)
+    start = time.perf_counter()
+    futures = client.map(noop, range(n), pure=False)
+    values = client.gather(futures)
+    elapsed = time.perf_counter() - start
+    assert values == list(range(n))
+    del futures
+    return elapsed
+
+
+def nbflow_gather_round(noop_task: nbflow.Task, n: int) -> float:
+    settle(nbflow.engine().client)
+    start = time.perf_counter()
+    futures = noop_task.map(range(n))
+    values = nbflow.gather(futures)
+    elapsed = time.perf_counter() - start
+    assert values == list(range(n))
+    del futures
+    return elapsed
+
+
 def compare(what: str, ours, raw, rounds: int) -> None:
     """Median time of ``ours()`` vs ``raw()``, alternating which goes first so drift in load hits both alike."""
     raw_times, our_times = [], []
@@ -146,6 +171,19 @@ def report(what: str, ratio: float, target: float, detail: str) -> None:
     print(f"{what}: ratio {ratio:.3f} (target <= {target:.2f}) {verdict}  [{detail}]", flush=True)
 
 
+def gather_rows(noop_task: nbflow.Task, sizes: dict[int, int]) -> None:
+    """``nbflow.gather`` vs ``client.gather`` on a cluster of its own, 2 workers x 2 threads."""
+    client = nbflow.use("dask", n_workers=2, threads_per_worker=2).client
+    raw_gather_round(client, 1000), nbflow_gather_round(noop_task, 1000)  # warm up
+    for n, rounds in sizes.items():
+        compare(
+            f"nbflow.gather on Dask vs client.gather, {n} no-op tasks",
+            lambda n=n: nbflow_gather_round(noop_task, n),
+            lambda n=n: raw_gather_round(client, n),
+            rounds,
+        )
+
+
 def main() -> None:
     engine = nbflow.use("dask", n_workers=1, threads_per_worker=N_IMAGES + 4, resources={"GPU": 2})
     client = engine.client
@@ -179,7 +217,8 @@ def main() -> None:
         f"median makespan {best:.3f} s of {len(spans)}, ideal {best_possible:.3f} s; raw client.submit with resources: "
         f"{raw_best:.3f} s, ratio {raw_best / best_possible:.3f}",
     )
-    engine.close()
+    gather_rows(noop_task, GATHER_SIZES)
+    nbflow.engine().close()
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import contextlib
 import itertools
 import os
 import threading
+import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -125,8 +126,10 @@ class Future(cf.Future):
         except RuntimeError:
             return False
 
-    def _prefetch(self, siblings: list[Future]) -> None:
-        """Fetch the values of ``siblings`` along with this one (engines that keep values remote; else no-op)."""
+    @classmethod
+    def _fetch(cls, futures: list[cf.Future]) -> None:
+        """Bring here, in as few round trips as possible, the values of those of ``futures`` (all finished without
+        error) that are of this class and still kept elsewhere (engines that keep values on a cluster)."""
 
     def __await__(self):
         import asyncio  # already loaded wherever something awaits; importing it eagerly costs ~50 ms
@@ -151,17 +154,27 @@ def as_completed(fs: Iterable[cf.Future], timeout: float | None = None):
 
 
 def gather(fs: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
-    """The results of ``fs`` in order; raises the first failure (in order) like ``Future.result``.
+    """The results of ``fs`` in order; raises the first failure (in order) like ``Future.result``, or
+    ``TimeoutError`` if they are not all done within ``timeout`` seconds (for the whole call).
 
-    Values kept on a cluster are fetched in batches: every sibling already done comes along with the first.
+    Like ``client.gather``: wait for all, then fetch the values kept on a cluster in one batch per engine,
+    not one round trip per future.
     """
     fs = list(fs)
-    values = []
+    for i, f in enumerate(fs):
+        if not isinstance(f, cf.Future):
+            raise TypeError(
+                f"nbflow.gather takes futures, but item {i} is a {type(f).__name__}: pass a flat list of futures"
+                " (e.g. [f for group in groups for f in group])"
+            )
+    deadline = None if timeout is None else time.monotonic() + timeout
     for f in fs:
-        if isinstance(f, Future) and f.exception(timeout) is None:
-            f._prefetch(fs)
-        values.append(f.result(timeout))
-    return values
+        exc = f.exception(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        if exc is not None:
+            raise exc
+    for kind in {type(f) for f in fs if isinstance(f, Future)}:
+        kind._fetch(fs)
+    return [f.result() for f in fs]
 
 
 def find_futures(obj: Any, out: list[Future] | None = None) -> list[Future]:

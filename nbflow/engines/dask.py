@@ -6,6 +6,7 @@ Only imported when a Dask engine is created, so ``import nbflow`` never imports 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures as cf
 import functools
 import queue
 import threading
@@ -44,7 +45,7 @@ class DaskFuture(Future):
     def result(self, timeout: float | None = None) -> Any:
         value = super().result(timeout)
         if value is _REMOTE:
-            self._prefetch([])
+            self._fetch([self])
             value = self._value
         return value
 
@@ -52,19 +53,18 @@ class DaskFuture(Future):
         """Finished, and its value not fetched yet."""
         return self._value is _REMOTE and self.done() and not self.cancelled() and self.exception() is None
 
-    def _prefetch(self, siblings: list[Future]) -> None:
-        """Fetch this value and those of the finished ``siblings`` on the same cluster in one ``client.gather``."""
-        if self._value is not _REMOTE:
-            return
-        batch = [self] + [
-            f
-            for f in siblings
-            if isinstance(f, DaskFuture) and f.engine is self.engine and f is not self and f._remote()
-        ]
-        values = self.engine.client.gather([f.dask for f in batch])
-        for f, value in zip(batch, values, strict=True):
-            if f._value is _REMOTE:  # two readers may fetch at once: the first value stored is kept
-                f._value = value
+    @classmethod
+    def _fetch(cls, futures: list[cf.Future]) -> None:
+        """Fetch the values still on a cluster with one ``client.gather`` per engine."""
+        batches: dict[DaskEngine, list[DaskFuture]] = {}
+        for f in futures:
+            if isinstance(f, DaskFuture) and f._remote():
+                batches.setdefault(f.engine, []).append(f)
+        for engine, batch in batches.items():
+            values = engine.client.gather([f.dask for f in batch])
+            for f, value in zip(batch, values, strict=True):
+                if f._value is _REMOTE:  # two readers may fetch at once: the first value stored is kept
+                    f._value = value
 
 
 class DaskEngine(Engine):
