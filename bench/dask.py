@@ -73,45 +73,26 @@ def nbflow_round(noop_task: nbflow.Task) -> float:
     return elapsed
 
 
-def raw_map_round(client: distributed.Client, n: int) -> float:
+def raw_map_round(client: distributed.Client, n: int, gather: bool = False) -> float:
+    """``client.map`` of ``n`` no-op tasks, then ``distributed.wait`` (or ``client.gather`` of the values)."""
     settle(client)
     start = time.perf_counter()
     futures = client.map(noop, range(n), pure=False)
-    distributed.wait(futures)
+    values = client.gather(futures) if gather else distributed.wait(futures)
     elapsed = time.perf_counter() - start
+    assert not gather or values == list(range(n))
     del futures
     return elapsed
 
 
-def nbflow_map_round(noop_task: nbflow.Task, n: int) -> float:
+def nbflow_map_round(noop_task: nbflow.Task, n: int, gather: bool = False) -> float:
+    """``task.map`` of ``n`` no-op tasks, then ``nbflow.wait`` (or ``nbflow.gather`` of the values)."""
     settle(nbflow.engine().client)
     start = time.perf_counter()
     futures = noop_task.map(range(n))
-    nbflow.wait(futures)
+    values = nbflow.gather(futures) if gather else nbflow.wait(futures)
     elapsed = time.perf_counter() - start
-    assert all(f.status == "finished" for f in futures)
-    del futures
-    return elapsed
-
-
-def raw_gather_round(client: distributed.Client, n: int) -> float:
-    settle(client)
-    start = time.perf_counter()
-    futures = client.map(noop, range(n), pure=False)
-    values = client.gather(futures)
-    elapsed = time.perf_counter() - start
-    assert values == list(range(n))
-    del futures
-    return elapsed
-
-
-def nbflow_gather_round(noop_task: nbflow.Task, n: int) -> float:
-    settle(nbflow.engine().client)
-    start = time.perf_counter()
-    futures = noop_task.map(range(n))
-    values = nbflow.gather(futures)
-    elapsed = time.perf_counter() - start
-    assert values == list(range(n))
+    assert values == list(range(n)) if gather else all(f.status == "finished" for f in futures)
     del futures
     return elapsed
 
@@ -174,12 +155,12 @@ def report(what: str, ratio: float, target: float, detail: str) -> None:
 def gather_rows(noop_task: nbflow.Task, sizes: dict[int, int]) -> None:
     """``nbflow.gather`` vs ``client.gather`` on a cluster of its own, 2 workers x 2 threads."""
     client = nbflow.use("dask", n_workers=2, threads_per_worker=2).client
-    raw_gather_round(client, 1000), nbflow_gather_round(noop_task, 1000)  # warm up
+    raw_map_round(client, 1000, True), nbflow_map_round(noop_task, 1000, True)  # warm up
     for n, rounds in sizes.items():
         compare(
             f"nbflow.gather on Dask vs client.gather, {n} no-op tasks",
-            lambda n=n: nbflow_gather_round(noop_task, n),
-            lambda n=n: raw_gather_round(client, n),
+            lambda n=n: nbflow_map_round(noop_task, n, gather=True),
+            lambda n=n: raw_map_round(client, n, gather=True),
             rounds,
         )
 
