@@ -192,6 +192,63 @@ def test_a_function_argument_counts_by_the_constants_and_helpers_it_reads():
     assert apply(helper, 1) == pytest.approx(2.7) and len(calls) == 3
 
 
+def test_a_dicts_order_and_a_structured_arrays_fields_count():
+    np = pytest.importorskip("numpy")
+
+    @nbflow.task(cache=True)
+    def keys(d):
+        return list(d)
+
+    @nbflow.task(cache=True)
+    def fields(a):
+        return a.dtype.names, [a.dtype.fields[name][1] for name in a.dtype.names]
+
+    assert keys({"a": 1, "b": 2}) == ["a", "b"] and keys({"b": 2, "a": 1}) == ["b", "a"]
+    assert fields(np.zeros(2, dtype=[("a", "i4"), ("b", "i4")]))[0] == ("a", "b")
+    assert fields(np.zeros(2, dtype=[("x", "i4"), ("y", "i4")]))[0] == ("x", "y")  # the same bytes, other names
+    packed = np.zeros(2, dtype={"names": ["a"], "formats": ["i4"], "offsets": [0], "itemsize": 8})
+    shifted = np.zeros(2, dtype={"names": ["a"], "formats": ["i4"], "offsets": [4], "itemsize": 8})
+    assert fields(packed)[1] == [0] and fields(shifted)[1] == [4]
+
+
+def test_immutable_values_a_task_reads_count_like_scalars():
+    import datetime
+    import decimal
+    import enum
+    import fractions
+    import pathlib
+
+    class Mode(enum.Enum):
+        TRAIN = 1
+        EVAL = 2
+
+    calls = []
+    namespace = {"__name__": "__main__", "calls": calls, "nbflow": nbflow}  # a notebook's globals
+    exec(
+        "@nbflow.task(cache=True)\n"
+        "def setting(i):\n"
+        "    calls.append(i)\n"
+        "    return MODE.name, str(RATE), START.year, str(ROOT), float(SHARE)\n",
+        namespace,
+    )
+    setting = namespace["setting"]
+    namespace.update(MODE=Mode.TRAIN, RATE=decimal.Decimal("0.10"), START=datetime.date(2020, 1, 1))
+    namespace.update(ROOT=pathlib.Path("/data/a"), SHARE=fractions.Fraction(1, 2))
+    assert setting(1) == ("TRAIN", "0.10", 2020, "/data/a", 0.5)
+    changes = {
+        "MODE": Mode.EVAL,
+        "RATE": decimal.Decimal("0.25"),
+        "START": datetime.date(2024, 1, 1),
+        "ROOT": pathlib.Path("/data/b"),
+        "SHARE": fractions.Fraction(1, 4),
+    }
+    for n, (name, value) in enumerate(changes.items(), start=2):
+        namespace[name] = value
+        setting(1)
+        assert len(calls) == n, f"changing {name} did not recompute"
+    assert setting(1) == ("EVAL", "0.25", 2024, "/data/b", 0.25) and len(calls) == 1 + len(changes)
+
+
 # --- in a real kernel: notebook classes, redefined helpers, task cells ------------------------------------------
 
 
@@ -268,7 +325,7 @@ def test_in_a_kernel_a_task_cell_counts_the_constants_its_helpers_read(kernel):
 # --- no late stores -------------------------------------------------------------------------------------------
 
 
-def test_an_attempt_that_times_out_waiting_for_the_keys_lock_stores_nothing():
+def test_an_attempt_that_times_out_waiting_for_the_keys_lock_runs_and_stores_nothing():
     entered, go = threading.Event(), threading.Event()
     calls = []
 
@@ -278,23 +335,27 @@ def test_an_attempt_that_times_out_waiting_for_the_keys_lock_stores_nothing():
         entered.set()
         go.wait(60)
         if len(calls) == 1:
-            raise ValueError("the first run fails: it stores nothing, so the one waiting for the lock computes")
+            raise ValueError("the first run fails: it stores nothing, so one waiting for the lock would compute")
         return x * 2
 
     holder = threading.Thread(target=lambda: pytest.raises(ValueError, slow, 1), daemon=True)
     holder.start()  # a direct call: it holds the key's lock while it waits for ``go``
     assert entered.wait(60)
     nbflow.use("local")
-    late = slow.with_options(timeout=0.2).submit(1)  # the same key: it waits for the lock and times out
+    nbflow.limit("ATTEMPT", 1)  # held by the late attempt until its thread has really returned
+    late = slow.with_options(timeout=0.2, resources={"ATTEMPT": 1}).submit(1)  # the same key: waits for the lock
     with pytest.raises(nbflow.TaskTimeout):
         late.result(timeout=60)
     go.set()
     holder.join(60)
-    wait_for(lambda: len(calls) == 2, timeout=60, what="the timed-out attempt to compute")
-    with caching.store().computing(late.cache_key):  # its thread holds the lock until it has decided to store
-        pass
-    assert caching.entries() == []  # the late result was dropped
-    assert slow(1) == 2 and len(calls) == 3  # and a later call computes it
+    wait_for(lambda: _used("ATTEMPT") == 0, timeout=60, what="the timed-out attempt's thread to return")
+    assert calls == [1]  # it got the lock after its deadline: it ran nothing
+    assert caching.entries() == []
+    assert slow(1) == 2 and calls == [1, 1]  # and a later call computes it
+
+
+def _used(name: str) -> float:
+    return next(status.used for status in nbflow.limits() if status.name == name)
 
 
 def test_an_attempt_that_times_out_while_it_computes_stores_nothing():

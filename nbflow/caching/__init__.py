@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import context
 from ..engines import engine
+from ..errors import TaskTimeout
 from ..futures import Future, find_futures
 from .keys import Unknown, call_key, code_hash, state_hash
 from .store import Entry, Store, cache_dir
@@ -61,9 +62,13 @@ class Cached:
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(shelf.computing(key))
+            except TimeoutError:  # the attempt's own timeout (``TaskTimeout`` is an ``OSError`` too)
+                raise
             except OSError as exc:  # a store that cannot be written never fails the task: it runs uncached
                 _cannot_store(self.root, exc)
                 return self.fn(*args, **kwargs)
+            if _ended():  # the timeout fired while this attempt waited for the key's lock: nothing runs late
+                raise TaskTimeout(f"task {self.name!r} ran past its timeout waiting for another run of the same call")
             found = shelf.get(key, self.expiration)
             if found is not None:  # another process computed it while this one waited
                 return found[1]

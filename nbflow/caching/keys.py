@@ -17,6 +17,7 @@ import functools
 import hashlib
 import inspect
 import math
+import sys
 import types
 import weakref
 from collections.abc import Callable, Mapping
@@ -179,10 +180,10 @@ def _feed(h: Any, value: Any, what: str, seen: Seen) -> None:
         h.update(str(len(value)).encode())
         for i, item in enumerate(value):
             _feed(h, item, f"{what}[{i}]", seen)
-    elif isinstance(value, Mapping):
-        items = sorted((value_hash(k, what), k) for k in value)
-        for key_hash, k in items:
-            h.update(key_hash.encode())
+    elif isinstance(value, Mapping):  # in its order: a task may depend on it (``list(d)``)
+        h.update(str(len(value)).encode())
+        for k in value:
+            _feed(h, k, f"{what} key", seen)
             _feed(h, value[k], f"{what}[{k!r}]", seen)
     elif isinstance(value, (set, frozenset)):
         h.update("".join(sorted(value_hash(item, what) for item in value)).encode())
@@ -297,7 +298,8 @@ def _feed_array(h: Any, array: Any, what: str, seen: Seen) -> None:
     import numpy as np
 
     array = np.asarray(array)
-    h.update(f"{array.dtype.str}{array.shape}".encode())
+    dtype = array.dtype
+    h.update(f"{dtype.str}{dtype.descr if dtype.fields else ''}{array.shape}".encode())  # fields: names, offsets
     if array.dtype.hasobject:
         _feed(h, array.ravel().tolist(), what, seen)
     else:
@@ -332,12 +334,31 @@ _PLAIN = (type(None), bool, int, float, complex, str, bytes)
 _PLAIN_SIZE = 10_000  # elements: a bigger container is data, to be passed as an argument
 
 
+_IMMUTABLE = {  # modules of value types that cannot change in place: a notebook tweaks them like scalars
+    "decimal": ("Decimal",),
+    "fractions": ("Fraction",),
+    "datetime": ("date", "time", "timedelta", "timezone"),
+    "pathlib": ("PurePath",),
+    "uuid": ("UUID",),
+    "enum": ("Enum",),
+}
+
+
+def _immutable(value: Any) -> bool:
+    """An instance of one of ``_IMMUTABLE`` (a module not imported has no instances: nothing is imported here)."""
+    for module, names in _IMMUTABLE.items():
+        found = sys.modules.get(module)
+        if found is not None and isinstance(value, tuple(getattr(found, name) for name in names)):
+            return True
+    return False
+
+
 def _plain(value: Any, budget: list[int]) -> bool:
     """A constant: a scalar, or a small tuple of them (what a notebook tweaks between runs)."""
     budget[0] -= 1
     if budget[0] < 0:
         return False
-    if isinstance(value, _PLAIN):
+    if isinstance(value, _PLAIN) or _immutable(value):
         return True
     if isinstance(value, (tuple, frozenset)):  # not lists or dicts: a task may append to one (results.append)
         return all(_plain(item, budget) for item in value)
