@@ -51,14 +51,17 @@ def listed(value: str | None) -> list[str] | None:
     if value is None:
         return None
     ids: list[str] = []
+    seen: set[str] = set()
     for part in value.split(","):
         part = part.strip()
         if not part or part.startswith("-"):
             break
-        if part in ids:
+        same = str(int(part)) if part.isdigit() else part  # CUDA reads "01" as device 1
+        if same in seen:
             raise ResourceSpecError(
                 f"CUDA_VISIBLE_DEVICES={value!r} lists device {part!r} twice: list each device once"
             )
+        seen.add(same)
         ids.append(part)
     return ids
 

@@ -121,10 +121,10 @@ class Future(cf.Future):
 
     def claim(self) -> bool:
         """Pending -> running; False if it was cancelled (or already claimed), like an executor's check."""
-        try:
+        with self._condition:  # (an RLock) one cancelled and notified, or claimed, already: no CRITICAL log
+            if self._state not in (cf._base.PENDING, cf._base.CANCELLED):
+                return False
             return self.set_running_or_notify_cancel()
-        except RuntimeError:
-            return False
 
     @classmethod
     def _fetch(cls, futures: list[cf.Future]) -> None:

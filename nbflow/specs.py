@@ -69,8 +69,8 @@ def duration(
     else:
         try:
             number = float(value)
-        except OverflowError:  # an int like 10**400
-            number = math.inf if value > 0 else -math.inf
+        except OverflowError:  # an int like 10**400: too long (only ``math.inf`` means forever)
+            number = math.nan
     if number == math.inf and forever_ok:
         return None
     if (number >= 0 if zero_ok else number > 0) and number <= MAX_SECONDS:  # NaN fails both

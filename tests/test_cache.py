@@ -389,7 +389,7 @@ def test_a_store_that_cannot_be_written_or_holds_special_files_never_fails_or_ha
     blocked.write_text("not a directory")
     monkeypatch.setenv("NBFLOW_CACHE_DIR", str(blocked))
     g = nbflow.task(lambda x: x * 3, cache=True, name="g")
-    with pytest.warns(UserWarning, match="results are not cached: the store .*a-file cannot be written"):
+    with pytest.warns(UserWarning, match="results are not cached: the store .*a-file cannot be used"):
         assert g(2) == 6
     with pytest.warns(UserWarning):
         assert g.submit(2).result(timeout=60) == 6

@@ -296,3 +296,12 @@ def test_an_entry_dated_in_the_future_expires(monkeypatch):
     assert hourly(1) == 2 and len(calls) == 2  # dated tomorrow: expired, recomputed and replaced
     assert hourly(1) == 2 and len(calls) == 2
     assert f(1) == 2 and len(calls) == 2  # without an expiration, any date is fine
+
+
+@pytest.mark.parametrize("cap", ["0", "-1", "abc", "inf", "5 minutes"])
+def test_a_malformed_size_cap_runs_the_task_uncached_with_a_warning_and_stores_nothing(monkeypatch, cap):
+    monkeypatch.setenv("NBFLOW_CACHE_SIZE", cap)
+    task = nbflow.task(lambda x: x + 1, cache=True, name="capped")
+    with pytest.warns(UserWarning, match=rf"cannot be used \(NBFLOW_CACHE_SIZE='{cap}' is not a size .*'10GB'"):
+        assert task(1) == 2
+    assert caching.entries() == []  # decided before the run: nothing stored, then a failure

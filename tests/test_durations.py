@@ -43,7 +43,7 @@ def test_a_limit_timeout_takes_dask_strings_and_refuses_byte_sizes_and_absurd_wa
     limit("X", 1)
     assert concurrency("X", timeout="2 minutes").timeout == 120.0
     assert concurrency("X", timeout=math.inf).timeout is None  # waits forever, like None
-    for bad in ("1kB", 1e12, "200 days"):
+    for bad in ("1kB", 1e12, "200 days", 10**400):  # a huge int is a typo, not "forever" (that is None or inf)
         with pytest.raises(nbflow.ResourceSpecError) as info:
             concurrency("X", timeout=bad)
         assert one_line(info).startswith("timeout must be None or a number of seconds >= 0")

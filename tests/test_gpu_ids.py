@@ -123,9 +123,10 @@ def test_one_parser_counts_and_names_the_devices(monkeypatch, listed, ids):
     assert gpu_count() == len(ids)  # the detected GPU capacity counts exactly the devices handed out
 
 
-def test_the_detected_gpu_capacity_refuses_a_device_listed_twice(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1, 0 ,1")
-    with pytest.raises(nbflow.ResourceSpecError, match=r"CUDA_VISIBLE_DEVICES='1, 0 ,1' lists device '1' twice"):
+@pytest.mark.parametrize("listed", ["1, 0 ,1", "1,0,01"])  # CUDA reads "01" as device 1
+def test_the_detected_gpu_capacity_refuses_a_device_listed_twice(monkeypatch, listed):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", listed)
+    with pytest.raises(nbflow.ResourceSpecError, match=rf"CUDA_VISIBLE_DEVICES='{listed}' lists device '0?1' twice"):
         gpu_count()
 
 

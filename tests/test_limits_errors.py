@@ -103,7 +103,7 @@ def test_bad_timeout(limits_dir, timeout):
     assert_nothing_held(str(limits_dir))
 
 
-@pytest.mark.parametrize("timeout", [math.inf, 10**400], ids=["inf", "10**400"])
+@pytest.mark.parametrize("timeout", [math.inf, None], ids=["inf", "None"])
 def test_infinite_timeout_waits_without_a_bound(limits_dir, timeout):
     limit("X", 1)
     hog = acquire("X")

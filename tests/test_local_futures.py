@@ -74,3 +74,26 @@ def test_a_self_referential_argument_is_passed_as_it_is_unless_it_holds_futures(
     cyclic.append(cyclic)
     with pytest.raises(nbflow.ResourceSpecError, match="contains itself and holds futures"):
         nbflow.task(len).submit(cyclic)
+
+
+def test_cancelling_a_queued_task_logs_nothing(caplog):
+    """A future cancelled before its start is skipped by the pool without concurrent.futures' CRITICAL
+    "in unexpected state" log line."""
+    nbflow.use("local", workers=1)
+    release = threading.Event()
+    started = threading.Event()
+
+    @nbflow.task
+    def hold():
+        started.set()
+        release.wait(60)
+        return "held"
+
+    busy = hold.submit()
+    assert started.wait(60)
+    queued = nbflow.task(lambda: "never").submit()
+    assert queued.cancel() and queued.status == "cancelled"
+    release.set()
+    assert busy.result(timeout=60) == "held"
+    assert nbflow.task(lambda: "after").submit().result(timeout=60) == "after"  # the pool has passed the cancelled one
+    assert not [r for r in caplog.records if "unexpected state" in r.getMessage()]

@@ -103,3 +103,15 @@ def test_help(kernel):
         "--block",
     ):
         assert usage in page, usage
+
+
+def test_a_cached_task_cell_with_an_input_it_cannot_hash_says_what_to_do_and_is_not_left_submitting(kernel, tmp_path):
+    kernel.run(f"import os, threading\nos.environ['NBFLOW_CACHE_DIR'] = {str(tmp_path)!r}\nlk = threading.Lock()")
+    ex = kernel.run("%%nbflow task --cache --name locked\nout1 = str(lk)")
+    assert ex.reply["status"] == "error" and ex.reply["ename"] == "UsageError", ex.reply
+    shown = ex.stream("stderr")
+    assert shown.count("\n") == 1 and "cannot hash argument 'lk'" in shown and "drop --cache" in shown, shown
+    assert "cache_key" not in shown  # a task cell has no such option
+    [status, *_] = ex.display_ids()
+    kernel.wait_display(status, lambda data: "not submitted" in data.get("text/plain", ""))
+    assert kernel.run("print(repr(out1))").reply["status"] == "error"  # nothing was bound

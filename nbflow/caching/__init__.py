@@ -64,7 +64,7 @@ class Cached:
                 held.enter_context(shelf.computing(key))
             except TimeoutError:  # the attempt's own timeout (``TaskTimeout`` is an ``OSError`` too)
                 raise
-            except OSError as exc:  # a store that cannot be written never fails the task: it runs uncached
+            except OSError as exc:  # a store that cannot be used never fails the task: it runs uncached
                 _cannot_store(self.root, exc)
                 return self.fn(*args, **kwargs)
             if _ended():  # the timeout fired while this attempt waited for the key's lock: nothing runs late
@@ -92,7 +92,7 @@ def _ended() -> bool:
 
 
 def _cannot_store(root: str, exc: OSError) -> None:
-    warnings.warn(f"nbflow: results are not cached: the store {root} cannot be written ({exc})", stacklevel=3)
+    warnings.warn(f"nbflow: results are not cached: the store {root} cannot be used ({exc})", stacklevel=3)
 
 
 def plan(task: Any) -> Cached:

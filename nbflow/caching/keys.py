@@ -324,10 +324,16 @@ def _feed_pickle(h: Any, value: Any, what: str) -> None:
     try:
         h.update(cloudpickle.dumps(value, protocol=5))
     except Exception as exc:
-        raise NbflowError(
-            f"cannot hash argument {what} ({type(value).__name__}) for the cache ({exc}); "
-            "pass cache_key=lambda *args, **kwargs: ... returning a string"
-        ) from None
+        raise Unhashable(f"cannot hash argument {what} ({type(value).__name__}) for the cache ({exc})") from None
+
+
+class Unhashable(NbflowError):
+    """A value the cache cannot tell apart from others: nbflow does not guess (a wrong hit is worse than a miss).
+    ``problem`` is what was wrong; the message adds how to fix it for a task (a task cell says its own)."""
+
+    def __init__(self, problem: str) -> None:
+        self.problem = problem
+        super().__init__(f"{problem}; pass cache_key=lambda *args, **kwargs: ... returning a string")
 
 
 _PLAIN = (type(None), bool, int, float, complex, str, bytes)

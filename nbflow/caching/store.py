@@ -59,9 +59,14 @@ def size_cap() -> float:
     text = os.environ.get("NBFLOW_CACHE_SIZE")
     if not text:
         return DEFAULT_CAP
+    from ..errors import ResourceSpecError
     from ..specs import parse_amount
 
-    return parse_amount("NBFLOW_CACHE_SIZE", text)
+    try:
+        return parse_amount("NBFLOW_CACHE_SIZE", text)
+    except ResourceSpecError:  # an ``OSError`` here: the task runs uncached with a warning, never fails
+        fix = "is not a size in bytes > 0 such as '10GB': fix or unset it"
+        raise OSError(f"NBFLOW_CACHE_SIZE={text!r} {fix}") from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,6 +304,7 @@ class Store:
 
         self.files.ready()
         self.keys.hmac()
+        size_cap()  # a malformed cap is found before the run, not after it stored
         os.makedirs(self.locks, mode=0o777 if self.shared else 0o700, exist_ok=True)
         mode = {} if self.shared else {"mode": 0o600}
         with filelock.FileLock(os.path.join(self.locks, f"{key}.lock"), **mode):

@@ -145,6 +145,10 @@ class NbflowMagics(Magics):
         try:
             cell.submit({name: ns[name] for name in sorted(plan.reads) if name in ns})
         except NbflowError as exc:
+            cell.not_submitted()
+            problem = getattr(exc, "problem", None)  # an input the cache cannot hash (task cells have no cache_key=)
+            if problem is not None:
+                raise UsageError(f"{problem}: pass it in another form, or drop --cache") from None
             raise short_error(exc) from None
         self.cells.add(cell)
         if parsed.block:

@@ -88,6 +88,13 @@ class TaskCell:
             ns[name] = fut
         future.add_done_callback(self._finish)
 
+    def not_submitted(self) -> None:
+        """The submission was refused (the error is shown under the cell): the status line says so."""
+        with self._lock:
+            self.outcome = "not submitted"
+            if self.view is not None:
+                self.view.update(self.state())
+
     def attach_view(self) -> None:
         """Show the status line under the running cell (main thread), then keep it up to date."""
         with self._lock:
