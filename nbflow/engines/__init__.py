@@ -74,7 +74,7 @@ def use(kind: Any = "local", **options: Any) -> Engine:
 
 
 def engine() -> Engine:
-    """The engine in use: the one bound to this thread (inside a task), else the last ``use``d, else local."""
+    """The engine in use: the one bound to this thread (inside a task), else the last set by ``use``, else local."""
     global _current
     here = bound()
     if here is not None:
