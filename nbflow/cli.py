@@ -1,6 +1,7 @@
-"""The ``nbflow`` command (also ``python -m nbflow``): manage and watch this machine's limits.
+"""The ``nbflow`` command (also ``python -m nbflow``): manage and watch this machine's limits, and its result cache.
 
     nbflow limits set NAME CAPACITY     nbflow limits ls     nbflow limits rm NAME     nbflow status
+    nbflow cache ls                     nbflow cache clear [NAME]
 
 Every error is one line on stderr and exit status 2.
 """
@@ -108,6 +109,8 @@ def _limits_table(statuses: list) -> str:
 def _status_table(statuses: list) -> str:
     if not statuses:
         return NO_LIMITS
+    from .render import holder_fields
+
     rows = [["LIMIT", "USED", "CAPACITY", "WAITING", "HOLDER", "TASK", "AMOUNT", "SINCE"]]
     now = time.time()
     for s in statuses:
@@ -116,5 +119,5 @@ def _status_table(statuses: list) -> str:
             rows.append(head + ["-", "", "", ""])
         for i, h in enumerate(s.holders):
             since = f"{time.strftime('%H:%M:%S', time.localtime(h.since))} ({now - h.since:.1f}s)"
-            rows.append((head if i == 0 else [""] * 4) + [f"{h.pid}@{h.host}", h.task or "-", f"{h.amount:g}", since])
+            rows.append((head if i == 0 else [""] * 4) + [*holder_fields(h, s.name, exact=True), since])
     return _table(rows)

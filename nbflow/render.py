@@ -1,5 +1,6 @@
 """Text and HTML summaries of an occupancy snapshot: ``%nbflow status``, ``nbflow status`` and the panel's
-fallback where no widget manager runs (nbconvert, nbval, GitHub)."""
+fallback where no widget manager runs (nbconvert, nbval, GitHub); and how a limit's holder reads everywhere
+(these summaries, ``%nbflow limits``, ``nbflow status`` and ``LimitTimeout``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import re
 import time
 from collections.abc import Mapping
 from typing import Any
+
+from .semaphores.status import Holder
 
 _BYTE_UNITS = ("kB", "MB", "GB", "TB", "PB")
 
@@ -32,6 +35,22 @@ def format_duration(seconds: float) -> str:
     if minutes < 60:
         return f"{minutes} min {secs:02d} s"
     return f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def holder_fields(holder: Holder, limit: str, *, exact: bool = False) -> tuple[str, str, str]:
+    """(``pid@host``, task or ``-``, amount) of a holder of ``limit``; ``exact`` writes the amount as ``%g``, as
+    the numbers around it are written in a table or an error message (else ``format_amount``: ``70 GB``)."""
+    amount = f"{holder.amount:g}" if exact else format_amount(limit, holder.amount)
+    return f"{holder.pid}@{holder.host}", holder.task or "-", amount
+
+
+def format_holder(holder: Holder, limit: str, now: float | None = None, *, exact: bool = False) -> str:
+    """``pid 42@box task fit holds 1 (slot 0) for 3.2 s``: one holder on one line. Without ``now`` the
+    duration is left out; ``exact`` (an error message) quotes the task and writes the amount as ``%g``."""
+    who, task, amount = holder_fields(holder, limit, exact=exact)
+    slots = f" (slot {','.join(map(str, holder.slots))})" if holder.slots else ""
+    held = f" for {format_duration(now - holder.since)}" if now is not None else ""
+    return f"pid {who} task {repr(task) if exact else task} holds {amount}{slots}{held}"
 
 
 def _used_of(resource: str, used: float, total: float) -> str:
@@ -71,18 +90,9 @@ def _limit_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, list[str]]
     rows = []
     for lim in snap.get("limits") or ():
         name = lim["name"]
-        holders = [
-            f"pid {h['pid']}@{h['host']} task {h.get('task') or '-'} holds {format_amount(name, h['amount'])}"
-            f"{_slots(h)} for {format_duration(now - h['since'])}"
-            for h in lim.get("holders") or ()
-        ]
+        holders = [format_holder(Holder.from_dict(h), name, now) for h in lim.get("holders") or ()]
         rows.append((name, _used_of(name, lim["used"], lim["capacity"]), f"{lim.get('waiting', 0)} waiting", holders))
     return rows
-
-
-def _slots(holder: Mapping[str, Any]) -> str:
-    slots = holder.get("slots")
-    return f" (slot {','.join(map(str, slots))})" if slots else ""
 
 
 def render_text(snap: Mapping[str, Any]) -> str:

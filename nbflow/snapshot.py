@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TypedDict
+from typing import Any, TypedDict
 
 from .futures import STATUSES
 
@@ -28,21 +28,12 @@ class WorkerOccupancy(TypedDict):
     gpus: list[GpuUse]  # the running tasks that hold GPUs here
 
 
-class HolderInfo(TypedDict):
-    pid: int
-    host: str
-    task: str
-    amount: float
-    since: float  # epoch seconds
-    slots: list[int]  # device indices of the share (GPU slot k), empty for big limits
-
-
 class LimitInfo(TypedDict):
     name: str
     capacity: float
     used: float
     waiting: int
-    holders: list[HolderInfo]
+    holders: list[dict[str, Any]]  # each a ``semaphores.Holder`` as a dict (``Holder.from_dict`` reads it back)
 
 
 class Occupancy(TypedDict):

@@ -9,24 +9,16 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import LimitTimeout
 from ..semaphores import Holding, acquire_all
+from ..semaphores.api import check_demands as check  # the local engine's check at submit
+
+__all__ = ["POLL", "Grants", "check"]
 
 POLL = 0.5  # seconds a line waits in one acquire before it re-checks for cancellation and close
-
-
-def check(demands: Mapping[str, float]) -> None:
-    """Raise ``NoSuchLimit`` / ``Unsatisfiable`` now, at submit, for a demand this machine can never grant.
-
-    One ``stat`` of each capacity file: the limits module caches the parsed capacity by inode and mtime.
-    """
-    from ..semaphores.semaphore import get_limit
-
-    for name, amount in demands.items():
-        get_limit(name).check(amount)
 
 
 class _Line:

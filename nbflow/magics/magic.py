@@ -77,7 +77,7 @@ class NbflowMagics(Magics):
 
     def _limits(self, rest: str) -> None:
         args.parse(args.limits, rest)
-        from ..render import format_amount, format_duration
+        from ..render import format_amount, format_holder
 
         statuses = limits()
         if not statuses:
@@ -87,8 +87,7 @@ class NbflowMagics(Magics):
             used = f"{format_amount(status.name, status.used)}/{format_amount(status.name, status.capacity)}"
             print(f"{status.name}: {used} used, {status.waiting} waiting")
             for h in status.holders:
-                held = format_amount(status.name, h.amount)
-                print(f"  pid {h.pid}@{h.host} task {h.task or '-'} holds {held} for {format_duration(now - h.since)}")
+                print(f"  {format_holder(h, status.name, now)}")
 
     def _status(self, rest: str) -> None:
         args.parse(args.status, rest)

@@ -42,6 +42,16 @@ def limits() -> list[LimitStatus]:
     return out
 
 
+def check_demands(demands: Mapping[str, float]) -> None:
+    """Raise ``NoSuchLimit`` / ``Unsatisfiable`` for a demand this machine can never grant, so that it fails
+    now (at submit, or before anything is held) instead of waiting forever.
+
+    One ``stat`` of each capacity file: the parsed capacity is cached by inode and mtime.
+    """
+    for name, amount in demands.items():
+        get_limit(name).check(amount)
+
+
 def acquire(name: str, amount: float = 1.0, *, timeout: float | None = None, task: str = "") -> Holding:
     """Block until ``amount`` of ``name`` is free and take it all at once (``LimitTimeout`` after ``timeout``)."""
     name = check_name(name)
@@ -54,8 +64,7 @@ def acquire_all(demands: Mapping[str, float], *, timeout: float | None = None, t
     on any failure release what was taken and re-raise. ``timeout`` bounds the whole."""
     checked = {check_name(name): check_amount(name, amount) for name, amount in demands.items()}
     budget = Budget(timeout)
-    for name, amount in checked.items():
-        get_limit(name).check(amount)  # fail fast, before anything is held
+    check_demands(checked)
     held: list[Holding] = []
     try:
         for name in sorted(checked):

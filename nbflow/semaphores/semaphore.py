@@ -34,11 +34,13 @@ from .slotfiles import (
     filelock,
     fits,
     lock_nb,
+    parse_slot_name,
     pick_devices,
     publish,
     read_live,
     reap,
     record,
+    slot_name,
     used_of,
     visible,
 )
@@ -113,13 +115,13 @@ class Limit(Capacity):
             fields = read_live(f"{self.slots_dir}/{entry}")
             if fields is None:
                 continue
-            parts = entry.split("_", 3)
+            amount, _, pid = parse_slot_name(entry)
             out.append(
                 Holder(
-                    pid=int(fields.get("pid", parts[2] if len(parts) > 2 and parts[2].isdigit() else 0)),
+                    pid=int(fields.get("pid", pid)),
                     host=str(fields.get("host", "")),
                     task=str(fields.get("task", "")),
-                    amount=float(fields.get("amount", used_of([entry]))),
+                    amount=float(fields.get("amount", amount)),
                     since=float(fields.get("since", 0.0)),
                     slots=tuple(int(i) for i in fields.get("slots") or () if isinstance(i, int)),
                 )
@@ -290,7 +292,7 @@ class Limit(Capacity):
         since = time.time()
         holding = Holding(self.name, amount, slots, task, since, self.slots_dir, self.wake_path)
         data = record(task, amount, since, slots)
-        path = f"{self.slots_dir}/{amount!r}_{','.join(map(str, slots))}_{unique()}"
+        path = f"{self.slots_dir}/{slot_name(amount, slots)}"
         spare = spares.take(self.slots_dir)
         while True:
             if spare is None:
@@ -318,8 +320,10 @@ class Limit(Capacity):
         return holding
 
     def _timeout_error(self, amount: float, budget: Budget) -> LimitTimeout:
+        from ..render import format_holder
+
         holders = self.holders()
-        who = ", ".join(f"pid {h.pid} on {h.host} task {h.task or '-'!r} holds {h.amount:g}" for h in holders)
+        who = ", ".join(format_holder(h, self.name, exact=True) for h in holders)
         try:
             capacity = f"{self.capacity():g}"
         except NoSuchLimit:

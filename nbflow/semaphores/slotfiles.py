@@ -1,7 +1,8 @@
 """Holder and waiter files of a limit: flocked while their owner lives, named so a listing gives the use.
 
-A file is ``<amount>_<indices>_<pid>_<unique>`` holding a JSON record; an unlocked one is stale (its owner died)
-and is reaped by whoever sees it, as are the unlocked dotfiles (spares, ``.tmp-`` files) of dead processes.
+A slot file is named ``<amount>_<indices>_<pid>_<unique>`` (``slot_name`` writes it, ``parse_slot_name`` reads
+it) and holds a JSON record; an unlocked one is stale (its owner died) and is reaped by whoever sees it, as are
+the unlocked dotfiles (spares, ``.tmp-`` files) of dead processes.
 Entries that are not regular files are never opened (a FIFO would block): listing them is a ``LimitsDirError``.
 """
 
@@ -12,11 +13,10 @@ import json
 import os
 from json.encoder import encode_basestring
 
-from ..devices import choose, weight
+from ..devices import EPS, choose, weight
 from .damage import check_regular, misplaced
 from .forksafe import HOST, close_tracked, open_tracked, pid, unique
 
-EPS = 1e-9
 MAX_INDEXED = 1024  # limits up to this capacity hand out device indices (GPU slot k)
 HOST_JSON = json.dumps(HOST)
 CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL
@@ -155,15 +155,29 @@ def visible(directory: str, typed: bool = False) -> list[str]:
     return [name for name in (entries(directory) if typed else os.listdir(directory)) if name[0] != "."]
 
 
+def slot_name(amount: float, slots: tuple[int, ...]) -> str:
+    """The name of a new slot file of this process: ``<amount>_<indices>_<pid>_<unique>``, so that a listing
+    of ``slots/`` gives the use, the devices taken and the holders without opening a file."""
+    return f"{amount!r}_{','.join(map(str, slots))}_{unique()}"
+
+
+def parse_slot_name(name: str) -> tuple[float, tuple[int, ...], int]:
+    """(amount, device indices, pid) of a slot file's name; what a name no nbflow process wrote lacks reads as
+    0, () and 0, so such a file counts for nothing."""
+    parts = name.split("_", 3)
+    try:
+        amount = float(parts[0])
+    except ValueError:
+        amount = 0.0
+    if len(parts) < 3:
+        return amount, (), 0
+    indices = tuple(int(i) for i in parts[1].split(",") if i.isdigit()) if parts[1] else ()
+    return amount, indices, int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 0
+
+
 def used_of(names: list[str]) -> float:
-    """Sum of the amounts in visible slot file names (names no nbflow process writes are ignored)."""
-    used = 0.0
-    for entry in names:
-        try:
-            used += float(entry.split("_", 1)[0])
-        except ValueError:
-            pass
-    return used
+    """Sum of the amounts in visible slot file names."""
+    return sum((parse_slot_name(entry)[0] for entry in names), 0.0)
 
 
 def pick_devices(names: list[str], amount: float, capacity: float) -> tuple[int, ...]:
@@ -173,10 +187,9 @@ def pick_devices(names: list[str], amount: float, capacity: float) -> tuple[int,
         return ()
     load = [0.0] * int(capacity + EPS * max(capacity, 1.0))
     for entry in names:
-        parts = entry.split("_", 2)
-        if len(parts) == 3 and parts[1]:
-            indices = [int(i) for i in parts[1].split(",") if i.isdigit()]
-            share = weight(float(parts[0]), len(indices))
+        held, indices, _ = parse_slot_name(entry)
+        if indices:
+            share = weight(held, len(indices))
             for i in indices:
                 if i < len(load):
                     load[i] += share
@@ -184,10 +197,8 @@ def pick_devices(names: list[str], amount: float, capacity: float) -> tuple[int,
 
 
 def holder_pids(names: list[str]) -> set[int]:
-    pids = set()
-    for entry in names:
-        parts = entry.split("_", 3)
-        if len(parts) == 4 and parts[2].isdigit():
-            pids.add(int(parts[2]))
+    """The processes other than this one that hold the slot files ``names``."""
+    pids = {parse_slot_name(entry)[2] for entry in names}
+    pids.discard(0)
     pids.discard(pid())
     return pids
