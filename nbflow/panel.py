@@ -98,10 +98,6 @@ class _Poller:
         self._panels: weakref.WeakSet[Monitor] = weakref.WeakSet()
         self._thread: threading.Thread | None = None
 
-    @property
-    def thread(self) -> threading.Thread | None:
-        return self._thread
-
     def add(self, panel: Monitor) -> None:
         start = None
         with self._wake:

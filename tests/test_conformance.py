@@ -200,9 +200,12 @@ def test_a_retry_delay_holds_nothing_while_the_task_is_pending(engine, spot):
 
 def test_a_timeout_fails_the_attempt_with_task_timeout_and_is_retried(engine, spot):
     marks, release = spot
-    slow = nbflow.task(hold, timeout=0.5, retries=1, name="slow")
+    # the timeout must outlast the start of the task: a process attempt starts a fresh child (the timed-out one
+    # is killed), and its start-up counts against the timeout
+    timeout = 5 if getattr(engine, "processes", False) else 0.5
+    slow = nbflow.task(hold, timeout=timeout, retries=1, name="slow")
     fut = slow.submit(marks, release)
-    with pytest.raises(nbflow.TaskTimeout, match="'slow' ran longer than its timeout of 0.5 s"):
+    with pytest.raises(nbflow.TaskTimeout, match=f"'slow' ran longer than its timeout of {timeout:g} s"):
         fut.result(60)
     assert calls(marks) == 2  # a timed-out attempt is retried like any failure
     Path(release).touch()

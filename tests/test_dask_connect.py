@@ -25,7 +25,7 @@ from nbflow.engines.dask_cluster import _client_for
 from nbflow.errors import NbflowError, SchedulerUnreachable
 
 TIMEOUT = 3.0
-SLACK = 5.0  # the error must come within TIMEOUT + SLACK seconds
+SLACK = 30.0  # the error must come within TIMEOUT + SLACK seconds: generous for a loaded machine, short of a hang
 
 
 def connections_to(port: int) -> list:
@@ -51,7 +51,7 @@ def expect_unreachable(address: str, port: int) -> SchedulerUnreachable:
     message = str(info.value)
     assert isinstance(info.value, NbflowError) and "\n" not in message and address in message
     assert "check" in message
-    wait_until(lambda: connections_to(port) == [], timeout=10, what="the probe's connection to be closed")
+    wait_until(lambda: connections_to(port) == [], timeout=30, what="the probe's connection to be closed")
     assert probe_threads() == []
     return info.value
 
@@ -122,14 +122,14 @@ def test_listener_that_never_answers(listener):
     assert f"no Dask scheduler answered at {address} within {TIMEOUT:g} s" in str(error)
     assert "accepted the connection but never answered" in str(error)
     assert silent.accepted.is_set()
-    assert silent.closed.wait(10), "the probe left its connection open"
+    assert silent.closed.wait(30), "the probe left its connection open"
 
 
 def test_listener_sending_random_bytes(listener):
     noisy = listener(os.urandom(65536))
     error = expect_unreachable(f"tcp://127.0.0.1:{noisy.port}", noisy.port)
     assert "did not answer as a Dask scheduler" in str(error)
-    assert noisy.closed.wait(10), "the probe left its connection open"
+    assert noisy.closed.wait(30), "the probe left its connection open"
 
 
 def test_http_server(tmp_path):
@@ -180,7 +180,7 @@ def test_frozen_scheduler_through_the_public_path(tmp_path):
             nbflow.use("dask", address=address, connect_timeout=TIMEOUT)
         assert time.monotonic() - started <= TIMEOUT + SLACK
         assert "no Dask scheduler answered" in str(info.value) and "\n" not in str(info.value)
-        wait_until(lambda: connections_to(port) == [], timeout=10, what="the probe's connection to be closed")
+        wait_until(lambda: connections_to(port) == [], timeout=30, what="the probe's connection to be closed")
         assert "nbflow-probe-scheduler" not in probe_threads()
     finally:
         os.kill(proc.pid, signal.SIGCONT)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 from limits_helpers import gpu_used, wait_for
@@ -59,6 +58,10 @@ def test_cancel_before_running_never_runs_and_frees_resources():
     def dependent(x):
         ran.append("dependent")
 
+    @nbflow.task(resources={"GPU": 1})
+    def after_gpu():
+        ran.append("after_gpu")
+
     holder = hold.submit()
     wait_for(lambda: holder.status == "running")
     waiting, ready = waits_for_gpu.submit(), queued.submit()
@@ -73,10 +76,12 @@ def test_cancel_before_running_never_runs_and_frees_resources():
     holder.result(30)
     wait_for(lambda: gpu_used() == 0)
     assert queued.submit().result(30) is None  # the pool still works
-    time.sleep(0.6)  # a grant poll period: a cancelled waiter must not be granted late
-    assert ran == ["hold", "queued"] and gpu_used() == 0
+    # the GPU line is FIFO: once a GPU task submitted after the cancelled waiter has run, the line is past the
+    # waiter, so it can no longer be granted late
+    assert after_gpu.submit().result(30) is None
+    assert ran == ["hold", "queued", "after_gpu"] and gpu_used() == 0
     counts = nbflow.occupancy()["tasks"]
-    assert counts["cancelled"] == 3 and counts["finished"] == 2 and counts["waiting"] == 0
+    assert counts["cancelled"] == 3 and counts["finished"] == 3 and counts["waiting"] == 0
 
 
 def test_close_returns_at_once_cancels_what_has_not_started_and_running_tasks_finish_in_the_background():

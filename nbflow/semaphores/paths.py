@@ -60,8 +60,3 @@ def _probe_flock(path: str) -> None:
     except OSError as exc:
         raise _fail(path, f"is not writable or does not support flock ({exc.strerror or exc})") from None
     lock.release()
-
-
-def reset_cache() -> None:
-    """Forget which directories were checked (a child after fork keeps them; tests may reset)."""
-    _checked.clear()
