@@ -57,18 +57,20 @@ class Future(cf.Future):
         self.name = name
         self.key = key or new_key(name)
         self.worker: str | None = None  # where the task ran (or runs), once known
-        self.phase = "pending"  # pending | waiting | running, set by the engine while not done
         self.attempt = 0  # the attempt running or next to run: 1 once the first failure is to be retried
-        self.on_cancel: Callable[[], object] | None = None  # the engine's hook, run once when cancel() succeeds
         self.cache_key: str | None = None  # a cached task's: the key its value is stored under
         self.cached: Any = None  # the cache entry it was read from (``caching.Entry``), if it did not run
+        # the engines' (below): the status while not done (pending | waiting | running), and the hook that
+        # tells the engine, once, that cancel() succeeded
+        self._phase = "pending"
+        self._on_cancel: Callable[[], object] | None = None
         self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
 
     @property
     def status(self) -> str:
         """One of ``pending``, ``waiting`` (for a resource), ``running``, ``finished``, ``error``, ``cancelled``."""
         if not self.done():
-            return self.phase
+            return self._phase
         if self.cancelled():
             return "cancelled"
         return "error" if self.exception() is not None else "finished"
@@ -87,12 +89,20 @@ class Future(cf.Future):
 
     def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:
         # ``_condition`` is the base class's lock: no public API makes "no callback yet, so set the result
-        # here" atomic with a concurrent add_done_callback (see ``set_result_unwatched``).
+        # here" atomic with a concurrent add_done_callback (see ``_set_result_unwatched``).
         with self._condition:
             self._watched = True
             super().add_done_callback(fn)
 
-    def set_result_unwatched(self, value: Any, before: Callable[[], object]) -> bool:
+    def cancel(self) -> bool:
+        first = self._mark_cancelled()
+        if first and self._on_cancel is not None:
+            self._on_cancel()
+        return first or self.cancelled()
+
+    # --- the engines' side: like ``set_running_or_notify_cancel``, only engine implementations call these ---------
+
+    def _set_result_unwatched(self, value: Any, before: Callable[[], object]) -> bool:
         """Set the result only if no done-callback waits for it, so none runs in the caller's thread (an event
         loop), after ``before()`` (counting it); True if set. A callback added later runs in its own thread."""
         with self._condition:
@@ -102,13 +112,7 @@ class Future(cf.Future):
             self.set_result(value)
             return True
 
-    def cancel(self) -> bool:
-        first = self.mark_cancelled()
-        if first and self.on_cancel is not None:
-            self.on_cancel()
-        return first or self.cancelled()
-
-    def mark_cancelled(self) -> bool:
+    def _mark_cancelled(self) -> bool:
         """Cancel without telling the engine (for the engine itself); True if this call cancelled it."""
         if not super().cancel():
             return False
@@ -119,9 +123,12 @@ class Future(cf.Future):
         except RuntimeError:
             return False
 
-    def claim(self) -> bool:
-        """Pending -> running; False if it was cancelled (or already claimed), like an executor's check."""
-        with self._condition:  # (an RLock) one cancelled and notified, or claimed, already: no CRITICAL log
+    def _claim(self) -> bool:
+        """Pending -> running, like an executor's check; True if it runs (now or already), False if it was
+        cancelled (or is done)."""
+        with self._condition:  # (an RLock) one cancelled and notified already: no CRITICAL log
+            if self._state == cf._base.RUNNING:
+                return True
             if self._state not in (cf._base.PENDING, cf._base.CANCELLED):
                 return False
             return self.set_running_or_notify_cancel()

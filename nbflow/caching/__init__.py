@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +23,6 @@ from .keys import Unknown, call_key, code_hash, state_hash
 from .store import Entry, Store, cache_dir
 
 __all__ = ["Entry", "cache_dir", "clear", "entries"]
-
-KEY = "_nbflow_cache_key"  # the keyword a call's key travels in, when it is known at submit
 
 
 def store() -> Store:
@@ -42,7 +41,10 @@ def clear(name: str | None = None) -> int:
 
 class Cached:
     """A cached task's function as the engines run it: look the key up, else compute under the key's lock,
-    store, return. Picklable: it runs in threads, child processes and on Dask workers alike."""
+    store, return. Picklable: it runs in threads, child processes and on Dask workers alike.
+
+    Its first argument is the call's key when it is known at submit (``None``: compute it from the arguments
+    where it runs), so the key never mixes with the task's own arguments."""
 
     def __init__(self, fn: Callable[..., Any], name: str, code: str, options: Any, root: str) -> None:
         self.fn, self.name, self.code, self.root = fn, name, code, root
@@ -56,8 +58,8 @@ class Cached:
     def key(self, code: str, args: tuple, kwargs: dict) -> str:
         return call_key(self.name, code, args, kwargs, self.cache_key)
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        key = kwargs.pop(KEY, None) or self.key(self.now(), args, kwargs)
+    def __call__(self, key: str | None, /, *args: Any, **kwargs: Any) -> Any:
+        key = key or self.key(self.now(), args, kwargs)
         shelf = Store(self.root)
         with contextlib.ExitStack() as held:
             try:
@@ -95,13 +97,15 @@ def _cannot_store(root: str, exc: OSError) -> None:
     warnings.warn(f"nbflow: results are not cached: the store {root} cannot be used ({exc})", stacklevel=3)
 
 
+_plans: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> its Cached function, while it lives
+
+
 def plan(task: Any) -> Cached:
     """The ``Cached`` function of a cached task, made once per task (its code is hashed here, in the kernel)."""
-    cached = getattr(task, "_cached", None)
+    cached = _plans.get(task)
     if cached is None:
         opts = task.options
-        cached = Cached(task.fn, opts.name, code_hash(task.fn), opts, cache_dir())
-        task._cached = cached
+        cached = _plans.setdefault(task, Cached(task.fn, opts.name, code_hash(task.fn), opts, cache_dir()))
     return cached
 
 
@@ -141,16 +145,17 @@ def submit_many(task: Any, calls: list[tuple[tuple, dict]]) -> list[Future]:
     cached, shelf = plan(task), store()
     code = cached.now()  # once for the batch
     out: dict[int, Future] = {}
-    misses: list[tuple[int, str | None, tuple, dict]] = []
+    misses: list[tuple[int, str | None, tuple, dict]] = []  # (index, key if known, args, kwargs)
     for i, (args, kwargs) in enumerate(calls):
         key = known_key(cached, code, args, kwargs)
         found = shelf.get(key, cached.expiration) if key is not None else None
         if found is not None:
             out[i] = hit(task.name, key, found)
         else:
-            misses.append((i, key, args, {**kwargs, KEY: key} if key else kwargs))
+            misses.append((i, key, args, kwargs))
     if misses:
-        placed = engine().map(_Runner(cached, task.options), [(args, kwargs) for _, _, args, kwargs in misses])
+        runner = _Runner(cached, task.options)
+        placed = engine().map(runner, [((key, *args), kwargs) for _, key, args, kwargs in misses])
         for (i, key, _, _), fut in zip(misses, placed, strict=True):
             fut.cache_key = key
             out[i] = fut
@@ -164,4 +169,4 @@ def call(task: Any, args: tuple, kwargs: dict) -> Any:
     found = store().get(key, cached.expiration) if key is not None else None
     if found is not None:
         return found[1]
-    return engine().call(_Runner(cached, task.options), args, {**kwargs, KEY: key} if key else kwargs)
+    return engine().call(_Runner(cached, task.options), (key, *args), kwargs)

@@ -7,15 +7,19 @@ A failed attempt — an exception, a ``TaskTimeout``, a lost worker — goes bac
 future is set, once: *finished*, *error* or *cancelled*. A dependency that failed fails the run with
 ``UpstreamError``; it never runs.
 
-What an engine implements: ``_place(run)`` (start one attempt, and report back through ``_started``,
-``_ended`` and friends), optionally ``_place_many`` (a batch), ``_argument`` (what a finished dependency
-becomes in the arguments), ``_check`` (refuse at submit what can never run), ``_holds`` (what a direct
-call holds), ``_withdraw`` (a cancelled run), ``_shutdown`` and ``occupancy``.
+A run is in one ``State`` at a time; its current ``Attempt`` (``run.attempt``) is what the engine runs, and
+what the engine's reports name: a report about an attempt that is no longer current is ignored.
+
+What an engine implements: ``_place(run)`` (start ``run.attempt``, and report back through ``_waiting``,
+``_queued``, ``_started`` and, once, ``_ended``), optionally ``_place_many`` (a batch), ``_argument`` (what a
+finished dependency becomes in the arguments), ``_check`` (refuse at submit what can never run), ``_holds``
+(what a direct call holds), ``_withdraw`` (a cancelled run), ``_shutdown`` and ``occupancy``.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import enum
 import functools
 import itertools
 import os
@@ -24,17 +28,17 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import context, devices
+from .. import context
 from ..errors import UpstreamError
 from ..futures import Future, blocking, find_futures, new_key, substitute, upstream_value
 from ..snapshot import empty_task_counts
+from .attempt import Attempt, retry_delay
 from .timers import Timers
 
 if TYPE_CHECKING:
     from ..options import Runnable
     from ..snapshot import Occupancy
 
-_DONE = ("finished", "error", "cancelled")
 _bound = threading.local()  # the engine bound to this thread, e.g. inside a task
 
 
@@ -51,22 +55,38 @@ def bound() -> Any:
     return getattr(_bound, "engine", None)
 
 
+class State(enum.Enum):
+    """Where a run is, one state at a time (as ``concurrent.futures`` keeps one per future); ``status`` is what
+    its future reads and what the engine counts it under, ``live`` whether an attempt is placed and not ended."""
+
+    BLOCKED = "blocked", "pending"  # waiting for its dependencies
+    PLACED = "placed", "pending"  # its attempt is placed: queued for a worker
+    WAITING = "waiting", "waiting"  # its attempt waits for a resource
+    RUNNING = "running", "running"  # its attempt runs
+    DELAYED = "delayed", "pending"  # waiting out ``retry_delay`` before the next attempt
+    FINISHED = "finished", "finished"
+    ERROR = "error", "error"
+    CANCELLED = "cancelled", "cancelled"
+
+    def __init__(self, label: str, status: str) -> None:
+        self.status = status
+        self.live = label in ("placed", "waiting", "running")
+        self.done = label in ("finished", "error", "cancelled")
+
+
 class Run:
     """One submitted task on its way through an engine; engines subclass it to add their own slots."""
 
-    __slots__ = ("task", "fut", "args", "kwargs", "deps", "attempt", "phase", "live", "claimed", "delay", "counted")
+    __slots__ = ("task", "fut", "args", "kwargs", "deps", "attempt", "state", "counted")
 
-    def __init__(self, task: Runnable, fut: Future, args: tuple, kwargs: dict, deps: bool) -> None:
+    def __init__(self, task: Runnable, fut: Future, args: tuple, kwargs: dict, deps: bool, attempt: Attempt) -> None:
         self.task = task
         self.fut = fut
         self.args = args
         self.kwargs = kwargs
         self.deps = deps  # futures among the arguments
-        self.attempt = 0  # 0 for the first
-        self.phase = "pending"  # the status this run is counted under
-        self.live = False  # an attempt is placed and has not ended
-        self.claimed = False  # the future was moved to running (it can no longer be cancelled)
-        self.delay: list | None = None  # the timer entry while it waits out a retry delay
+        self.attempt = attempt  # the current one: placed, running, or next to run
+        self.state = State.BLOCKED if deps else State.PLACED
         self.counted: bool = getattr(task, "counted", True)  # False: part of a task that is counted (a cell's output)
 
     @property
@@ -79,12 +99,13 @@ class Engine:
 
     kind: str = ""
     Run: type[Run] = Run
+    Attempt: type[Attempt] = Attempt
 
     def __init__(self, name: str) -> None:
-        self._lock = threading.Lock()  # guards the counts and the run flags below
+        self._lock = threading.Lock()  # guards the counts, the runs' states and the sets below
         self._counts = empty_task_counts()
         self._delays = Timers(name)  # retry delays; its thread starts with the first delay
-        self._delayed: set[Run] = set()  # runs waiting out a retry delay
+        self._delayed: dict[Run, list] = {}  # runs waiting out a retry delay -> their timer entries
         self._blocked: set[Run] = set()  # runs waiting for their dependencies
         self._closed = False
         self.cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # read once: see ``nbflow.devices``
@@ -92,7 +113,7 @@ class Engine:
     # --- what engines implement ----------------------------------------------------------------------
 
     def _place(self, run: Run) -> None:
-        """Start one attempt of ``run``; report ``_started`` and, once, ``_ended`` (from any thread)."""
+        """Start ``run.attempt``; report ``_started`` and, once, ``_ended`` (from any thread)."""
         raise NotImplementedError
 
     def _place_many(self, runs: list[Run]) -> None:
@@ -131,7 +152,7 @@ class Engine:
         if run.deps:
             self._after_deps(run)
         else:
-            self._launch(run)
+            self._place(run)
         return run.fut
 
     def map(self, task: Runnable, calls: list[tuple[tuple, dict]]) -> list[Future]:
@@ -146,8 +167,6 @@ class Engine:
             else:
                 ready.append(run)
         if ready:
-            for run in ready:
-                run.live = True
             self._place_many(ready)
         return [run.fut for run in runs]
 
@@ -164,21 +183,21 @@ class Engine:
         opts = task.options
         demands = self._holds(task)
         key, here = new_key(opts.name), threading.current_thread().name
-        for attempt in itertools.count():
+        for number in itertools.count():
+            attempt = Attempt(number, key, opts.name)
             with blocking():  # in a task's thread, waiting for a limit lends the thread out
-                holdings = acquire_all(demands, task=opts.name) if demands else []
-            gpus = devices.held(holdings)
+                attempt.holdings = acquire_all(demands, task=opts.name) if demands else []
             try:
-                ids = devices.physical(gpus, self.cuda_visible) if gpus else None
-                with context.running((key, opts.name, attempt, here, demands, gpus, ids)):
+                attempt.pick_gpus(self.cuda_visible)
+                with context.running(attempt.context(here, demands)):
                     return task.fn(*args, **kwargs)
-            except Exception:
-                if attempt >= opts.retries:
+            except Exception as exc:
+                delay = retry_delay(exc, number, opts)
+                if delay is None:
                     raise
             finally:
-                for holding in holdings:
-                    holding.release()
-            time.sleep(opts.retry_delay)
+                attempt.release()
+            time.sleep(delay)  # the caller's own thread waits: the lifecycle's timers are for placed runs
 
     def close(self) -> None:
         """Stop taking tasks; runs that have not started are cancelled. Returns without waiting for running
@@ -187,10 +206,10 @@ class Engine:
             if self._closed:
                 return
             self._closed = True
-            delayed, self._delayed = list(self._delayed), set()
+            delayed, self._delayed = self._delayed, {}
             blocked, self._blocked = list(self._blocked), set()
-        for run in delayed:
-            self._delays.cancel(run.delay)
+        for run, entry in delayed.items():
+            self._delays.cancel(entry)
             self._abandon(run)
         for run in blocked:
             self._abandon(run)
@@ -208,8 +227,8 @@ class Engine:
         deps = bool(find_futures(args) or (kwargs and find_futures(kwargs)))
         if deps:
             substitute((args, kwargs), _placeholder)  # refuse an argument that cannot be rebuilt, now
-        run = self.Run(task, fut, args, kwargs, deps)
-        fut.on_cancel = functools.partial(self._cancelled, run)
+        run = self.Run(task, fut, args, kwargs, deps, self.Attempt(0, fut.key, fut.name))
+        fut._on_cancel = functools.partial(self._cancelled, run)
         return run
 
     def _future(self, name: str) -> Future:
@@ -240,8 +259,11 @@ class Engine:
             dep.add_done_callback(on_done)
 
     def _launch(self, run: Run) -> None:
-        """Place the next attempt of ``run``; ``_ended`` takes one report for it."""
-        run.live = True
+        """Place the attempt of a run that waited (for its dependencies, or out a retry delay)."""
+        with self._lock:
+            if run.state.done:  # cancelled, or failed upstream, meanwhile
+                return
+            self._to(run, State.PLACED)
         self._place(run)
 
     def _arguments(self, run: Run) -> tuple[tuple, dict]:
@@ -252,65 +274,64 @@ class Engine:
 
     def _waiting(self, run: Run) -> None:
         """The engine reports: the attempt waits for a resource."""
-        self._move(run, "waiting")
+        self._report(run, State.WAITING)
+
+    def _queued(self, run: Run) -> None:
+        """The engine reports: the attempt got its resources and is queued for a worker."""
+        self._report(run, State.PLACED)
 
     def _started(self, run: Run, worker: str | None) -> bool:
         """The engine reports: the attempt runs on ``worker``. False if the run was cancelled first: the engine
         then drops the attempt (it never calls ``_ended`` for it)."""
         with self._lock:
-            if not run.live:  # a late report about an attempt that has ended
+            if not run.state.live:  # a late report about an attempt that has ended
                 return False
-            first = not run.claimed
-            run.claimed = True
-        if first and not run.fut.claim():
+        if not run.fut._claim():
             return False
         if worker is not None:
             run.fut.worker = worker
-        self._move(run, "running")
+        self._report(run, State.RUNNING)
         return True
 
-    def _ended(self, run: Run, attempt: int, value: Any = None, exc: BaseException | None = None) -> None:
-        """The engine reports: attempt ``attempt`` ended. Retry it, or settle the future. A report about an
-        attempt that already ended (a timeout fired first) is ignored."""
+    def _report(self, run: Run, state: State) -> None:
+        """Move a run whose attempt is live to ``state`` (a report that comes after the attempt ended changes
+        nothing)."""
+        with self._lock:
+            if run.state.live:
+                self._to(run, state)
+
+    def _ended(self, run: Run, attempt: Attempt, value: Any = None, exc: BaseException | None = None) -> None:
+        """The engine reports: ``attempt`` ended. Retry it, or settle the future. A report about an attempt that
+        already ended (a timeout fired first) is ignored."""
         done = run.fut.done()  # (outside the engine's lock: the future's lock is taken first, when settling)
         with self._lock:
-            if attempt != run.attempt or not run.live:
+            if attempt is not run.attempt or not run.state.live:
                 return
-            run.live = False
-            retry = (
-                exc is not None
-                and isinstance(exc, Exception)
-                and attempt < run.task.options.retries
-                and not self._closed
-                and not done
-            )
-            if retry:
-                run.attempt += 1
-                run.fut.attempt = run.attempt
-                first, run.claimed = not run.claimed, True
-        if retry and first and not run.fut.claim():  # it ran (briefly, unreported): no longer cancellable
-            return  # cancelled just now
-        if not retry:
-            self._settle(run, value, exc)
+            delay = None if exc is None or self._closed or done else retry_delay(exc, attempt.number, run.task.options)
+            if delay is None:
+                self._to(run, State.FINISHED if exc is None else State.ERROR)
+            else:
+                run.attempt = self.Attempt(attempt.number + 1, attempt.key, attempt.name)
+                run.fut.attempt = attempt.number + 1
+                self._to(run, State.DELAYED if delay > 0 else State.PLACED)
+        if delay is None:
+            self._set(run, value, exc)
             return
-        self._move(run, "pending")
-        delay = run.task.options.retry_delay
+        if not run.fut._claim():  # it ran (briefly, unreported): no longer cancellable, unless cancelled just now
+            return
         if delay <= 0:
-            self._launch(run)
+            self._place(run)
             return
         with self._lock:
             if not self._closed:
-                self._delayed.add(run)
-                run.delay = self._delays.call_later(delay, functools.partial(self._delay_over, run))
+                self._delayed[run] = self._delays.call_later(delay, functools.partial(self._delay_over, run))
                 return
         self._abandon(run)
 
     def _delay_over(self, run: Run) -> None:
         with self._lock:
-            if run not in self._delayed:  # closed meanwhile
+            if self._delayed.pop(run, None) is None:  # closed or cancelled meanwhile
                 return
-            self._delayed.discard(run)
-            run.delay = None
         self._launch(run)
 
     def _settle(self, run: Run, value: Any = None, exc: BaseException | None = None) -> bool:
@@ -318,7 +339,11 @@ class Engine:
         The run is counted under its final status first, so whoever sees the future done sees the count."""
         if run.fut.done():
             return False
-        self._move(run, "finished" if exc is None else "error")
+        self._move(run, State.FINISHED if exc is None else State.ERROR)
+        return self._set(run, value, exc)
+
+    def _set(self, run: Run, value: Any, exc: BaseException | None) -> bool:
+        """Set the future of a run counted under its final status; True if this call set it."""
         try:
             if exc is None:
                 run.fut.set_result(value)
@@ -326,49 +351,53 @@ class Engine:
                 run.fut.set_exception(exc)
         except cf.InvalidStateError:  # cancelled (or set) just now: count it where it really ended
             fut = run.fut
-            self._move(run, "cancelled" if fut.cancelled() else "error" if fut.exception() else "finished", force=True)
+            ended = State.CANCELLED if fut.cancelled() else State.ERROR if fut.exception() else State.FINISHED
+            self._move(run, ended, force=True)
             return False
         return True
 
     def _succeeded_unwatched(self, run: Run, value: Any) -> bool:
         """``_ended`` for a success, but only if no done-callback waits for it, because the caller is an event
         loop where user code must not run; True if handled (also when it was cancelled first)."""
-        if not run.fut.set_result_unwatched(value, functools.partial(self._move, run, "finished")):
+        if not run.fut._set_result_unwatched(value, functools.partial(self._move, run, State.FINISHED)):
             return run.fut.cancelled()
-        run.live = False
         return True
 
     def _cancelled(self, run: Run) -> None:
         """``fut.cancel()`` succeeded (the task had not started)."""
-        self._move(run, "cancelled")
         with self._lock:
-            delayed = run in self._delayed
-            self._delayed.discard(run)
-        if delayed:
-            self._delays.cancel(run.delay)
+            self._to(run, State.CANCELLED)
+            entry = self._delayed.pop(run, None)
+        if entry is not None:
+            self._delays.cancel(entry)
         self._withdraw(run)
 
     def _abandon(self, run: Run) -> None:
-        """End a run the engine will not run (closed): cancelled if it never started, else an error."""
-        if run.fut.mark_cancelled():
-            self._move(run, "cancelled")
+        """End a run the engine will not run (closed, or cancelled on a cluster): cancelled if it never started,
+        else an error."""
+        if run.fut._mark_cancelled():
+            self._move(run, State.CANCELLED)
         else:
             self._settle(run, exc=RuntimeError(f"task {run.name!r} did not finish: its engine was closed"))
 
-    def _move(self, run: Run, phase: str, force: bool = False) -> None:
-        """Count ``run`` under ``phase`` (once done, it stays counted where it ended, unless ``force``)."""
+    def _move(self, run: Run, state: State, force: bool = False) -> None:
         with self._lock:
-            old = run.phase
-            if old == phase or (old in _DONE and not force):
-                return
-            if run.counted:
-                self._counts[old] -= 1
-                self._counts[phase] += 1
-            run.phase = phase
-            if phase not in _DONE:
-                run.fut.phase = phase
-            else:
-                run.fut.on_cancel = None  # no cycle future -> run -> future: a dropped future is freed at once
+            self._to(run, state, force)
+
+    def _to(self, run: Run, state: State, force: bool = False) -> None:
+        """(Under the lock.) Count ``run`` under ``state`` (once done, it stays counted where it ended, unless
+        ``force``)."""
+        old = run.state
+        if old is state or (old.done and not force):
+            return
+        if run.counted and old.status != state.status:
+            self._counts[old.status] -= 1
+            self._counts[state.status] += 1
+        run.state = state
+        if state.done:
+            run.fut._on_cancel = None  # no cycle future -> run -> future: a dropped future is freed at once
+        else:
+            run.fut._phase = state.status
 
     def task_counts(self) -> dict[str, int]:
         """How many runs of this engine are in each status."""

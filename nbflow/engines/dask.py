@@ -24,8 +24,11 @@ from ..futures import Future
 from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
 from .core import Engine, Run
+from .dask_attempt_keys import attempt_key
 from .dask_cluster import connect
-from .dask_worker import SIDE_TOPIC, STARTED_TOPIC, attempt_key, probe, run_task
+from .dask_worker_events import SIDE_TOPIC, STARTED_TOPIC
+from .dask_worker_probe import probe
+from .dask_worker_task import run_task
 
 _REMOTE = object()  # result placeholder: the value stays on the cluster until someone asks for it
 
@@ -120,7 +123,8 @@ class DaskEngine(Engine):
         return {"resources": dict(task.options.resources) or None, "pure": False}
 
     def _place(self, run: Run) -> None:
-        key = attempt_key(run.fut.key, run.attempt)
+        key = attempt_key(run.fut.key, run.attempt.number)
+        self._wait_for_resources([run])
         try:
             args, kwargs = self._arguments(run)
             packed = cloudpickle.dumps(run.task)  # opaque to Dask: the scheduler passes the bytes on as they are
@@ -134,6 +138,7 @@ class DaskEngine(Engine):
 
     def _place_many(self, runs: list[Run]) -> None:
         """One ``client.map`` for a batch of first attempts: one graph message, the task pickled once."""
+        self._wait_for_resources(runs)
         try:
             packed = cloudpickle.dumps(runs[0].task)
             dask_futures = self.client.map(
@@ -151,6 +156,12 @@ class DaskEngine(Engine):
             return
         self._track(runs, dask_futures)
 
+    def _wait_for_resources(self, runs: list[Run]) -> None:
+        """A task with Dask resources waits for a worker to give them until it starts (its start event)."""
+        if runs[0].task.options.resources:
+            for run in runs:
+                self._waiting(run)
+
     def _track(self, runs: list[Run], dask_futures: list[distributed.Future]) -> None:
         with self._lock:
             for run, dask_future in zip(runs, dask_futures, strict=True):
@@ -159,7 +170,7 @@ class DaskEngine(Engine):
         self._watcher.watch(runs, dask_futures)
 
     def _on_started(self, event: tuple[float, dict]) -> None:
-        """Workers report attempts that have been running a moment (see ``dask_worker.Starts``)."""
+        """Workers report attempts that have been running a moment (see ``dask_worker_events.Starts``)."""
         worker = event[1]["name"]
         for key in event[1]["keys"]:
             run = self._live.get(key)
@@ -183,9 +194,7 @@ class DaskEngine(Engine):
             self._ended(run, run.attempt, _REMOTE)
         elif status == "error":
             self._ended(run, run.attempt, exc=dask_future.exception().with_traceback(dask_future.traceback()))
-        elif run.fut.mark_cancelled():  # cancelled on the cluster, not by its future's cancel()
-            self._move(run, "cancelled")
-        elif not run.fut.done():
+        else:  # cancelled on the cluster (not by its future's cancel()), or lost
             self._abandon(run)
 
     def _forget(self, dask_future: distributed.Future) -> None:
@@ -241,7 +250,8 @@ class DaskEngine(Engine):
     # -- occupancy ----------------------------------------------------------------------------------
 
     def occupancy(self) -> Occupancy:
-        """What every worker holds and runs, in one ``client.run`` round trip; also updates task statuses."""
+        """What every worker holds and runs, in one ``client.run`` round trip. Reading it changes nothing: task
+        statuses come from the workers' events alone."""
         probes = self.client.run(probe, on_error="ignore")
         workers: list[WorkerOccupancy] = []
         for found in probes.values():
@@ -260,14 +270,6 @@ class DaskEngine(Engine):
                     "gpus": found["gpus"],
                 }
             )
-            for key in found["waiting"]:
-                run = self._live.get(key)
-                if run is not None and run.phase == "pending":
-                    self._waiting(run)
-            for key in found["running"]:
-                run = self._live.get(key)
-                if run is not None and run.phase != "running" and not run.fut.done():
-                    self._started(run, found["name"])
         return {
             "engine": self.kind,
             "time": time.time(),

@@ -2,8 +2,10 @@
 
 Placing an attempt: a task with ``resources``/``limits`` first waits in the grant stage (*waiting*) until
 the machine limits of those names give it its share — without holding a pool thread — then goes to the
-pool ahead of tasks that hold nothing. Its share is released before the attempt is reported ended, so
-whoever sees a task done sees its share free.
+pool ahead of tasks that hold nothing. When the attempt returns, its share is released before the attempt is
+reported ended, so whoever sees such a task done sees its share free. A timeout is the exception: it reports the
+attempt ended at once, and the share stays held until the attempt really stops — a killed child process once it
+is dead, a thread (which cannot be stopped) when its function returns.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..errors import ResourceSpecError, TaskTimeout
 from ..futures import set_block_hook
 from ..options import Runnable
 from ..snapshot import Occupancy, ResourceUse, limits_snapshot
+from .attempt import Attempt
 from .core import Engine, Run, bind
 from .dispatch import Grants, check
 from .threadpool import ThreadPool
@@ -34,24 +37,22 @@ _engine_ids = itertools.count(1)
 class _LocalRun(Run):
     """A run with what the grant stage and the pool need."""
 
-    __slots__ = ("demands", "line", "holdings")
+    __slots__ = ("demands", "line")
 
-    def __init__(self, task: Runnable, fut: Any, args: tuple, kwargs: dict, deps: bool) -> None:
-        super().__init__(task, fut, args, kwargs, deps)
+    def __init__(self, task: Runnable, fut: Any, args: tuple, kwargs: dict, deps: bool, attempt: Attempt) -> None:
+        super().__init__(task, fut, args, kwargs, deps, attempt)
         opts = task.options
         self.demands = task.options.held() if opts.resources or opts.limits else None
         self.line = tuple(sorted(self.demands)) if self.demands else ()
-        self.holdings: list = []  # granted, not yet taken by an attempt
 
 
-class _Attempt:
-    """One attempt running in a pool thread: what it holds and how its timeout stops it."""
+class _LocalAttempt(Attempt):
+    """An attempt in a pool thread: also how its timeout stops it."""
 
-    __slots__ = ("number", "holdings", "timer", "lent", "child")
+    __slots__ = ("timer", "lent", "child")
 
-    def __init__(self, number: int, holdings: list) -> None:
-        self.number = number
-        self.holdings = holdings
+    def __init__(self, number: int, key: str, name: str) -> None:
+        super().__init__(number, key, name)
         self.timer: list | None = None
         self.lent = False  # timed out while its thread still runs it: the thread's slot is lent out
         self.child: Any = None  # the child process running it (process pool)
@@ -65,6 +66,7 @@ class LocalEngine(Engine):
 
     kind = "local"
     Run = _LocalRun
+    Attempt = _LocalAttempt
 
     def __init__(self, workers: int = 8, processes: bool = False) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
@@ -106,14 +108,13 @@ class LocalEngine(Engine):
     def _granted(self, run: _LocalRun, holdings: list) -> None:
         """The grant stage took ``run``'s limits: it goes to the pool ahead of tasks that hold nothing."""
         self._count_held(holdings, +1)
+        run.attempt.holdings = holdings
         if run.fut.cancelled():
-            self._release(holdings)
+            self._release(run.attempt)
             return
-        run.holdings = holdings
-        self._move(run, "pending")
+        self._queued(run)
         if not self._pool.put(run, urgent=True):
-            self._release(run.holdings)
-            run.holdings = []
+            self._release(run.attempt)
             self._abandon(run)
 
     def _grant_failed(self, run: _LocalRun, exc: BaseException | None) -> None:
@@ -136,11 +137,10 @@ class LocalEngine(Engine):
             child.close()
 
     def _execute(self, run: _LocalRun) -> None:
-        attempt = _Attempt(run.attempt, run.holdings)
-        run.holdings = []
+        attempt = run.attempt  # (a retry makes ``run.attempt`` another one: this one stays this thread's)
         thread = threading.current_thread().name
         if not self._started(run, thread):  # cancelled while queued
-            self._release(attempt.holdings)
+            self._release(attempt)
             return
         value = exc = None
         try:
@@ -156,35 +156,33 @@ class LocalEngine(Engine):
         except BaseException as error:  # SystemExit, KeyboardInterrupt raised by the task end it too
             exc = error
         self._stop_timer(attempt)
-        self._release(attempt.holdings)
-        self._ended(run, attempt.number, value, exc)
+        self._release(attempt)
+        self._ended(run, attempt, value, exc)
 
-    def _prepare(self, run: _LocalRun, attempt: _Attempt, thread: str) -> tuple[Callable[[], Any], tuple | None]:
+    def _prepare(self, run: _LocalRun, attempt: _LocalAttempt, thread: str) -> tuple[Callable[[], Any], tuple | None]:
         """Resolve the arguments and pick where the attempt runs (this thread, or this thread's child); the
         task's context, with the GPUs its ``GPU`` share hands out."""
         args, kwargs = self._arguments(run)
         fn = run.task.fn
-        gpus = devices.held(attempt.holdings)
-        ids = devices.physical(gpus, self.cuda_visible) if gpus else None
+        attempt.pick_gpus(self.cuda_visible)
         timeout = run.task.options.timeout  # (the deadline is taken before the timer is armed: never after it fires)
         deadline = time.monotonic() + timeout if timeout is not None else None
         if not self.processes:
-            ctx = (run.fut.key, run.name, attempt.number, thread, run.demands or {}, gpus, ids, deadline)  # context.of
-            return functools.partial(fn, *args, **kwargs), ctx
+            return functools.partial(fn, *args, **kwargs), attempt.context(thread, run.demands or {}, deadline)
         child = getattr(self._local, "child", None)
         if child is None:
             from .procpool import ChildProcess
 
             child = self._local.child = ChildProcess()
-        env = {"CUDA_VISIBLE_DEVICES": ids} if ids else {}  # the child sees only its own
+        env = {"CUDA_VISIBLE_DEVICES": attempt.ids} if attempt.ids else {}  # the child sees only its own
         run.fut.worker = f"{thread}/pid {child.start(env)}"
-        ctx = context.of(run.fut.key, run.name, attempt.number, run.fut.worker, run.demands or {}, gpus, ids, deadline)
-        ctx = dataclasses.replace(ctx, gpus=tuple(range(len(gpus))))  # ordinals within the child's devices
+        ctx = context.of(*attempt.context(run.fut.worker, run.demands or {}, deadline))
+        ctx = dataclasses.replace(ctx, gpus=tuple(range(len(attempt.gpus))))  # ordinals within the child's devices
         attempt.child = child
         keep = [h.fileno() for h in attempt.holdings]
         return functools.partial(child.run, fn, args, kwargs, env, keep, ctx), None
 
-    def _stop_timer(self, attempt: _Attempt) -> None:
+    def _stop_timer(self, attempt: _LocalAttempt) -> None:
         """The attempt returned: disarm its timeout, and take back the slot if the timeout had lent it."""
         with self._lock:
             if attempt.timer is not None:
@@ -195,7 +193,7 @@ class LocalEngine(Engine):
         if lent:
             self._pool.unlend()
 
-    def _timed_out(self, run: _LocalRun, attempt: _Attempt) -> None:
+    def _timed_out(self, run: _LocalRun, attempt: _LocalAttempt) -> None:
         """In the timer thread: end the attempt now. A child process is killed (its share is released once it
         is dead); a thread cannot be stopped, so its slot is lent out and its share kept until it returns."""
         with self._lock:
@@ -209,12 +207,10 @@ class LocalEngine(Engine):
                 self._pool.lend()
         timeout = run.task.options.timeout
         exc = TaskTimeout(f"task {run.name!r} ran longer than its timeout of {timeout:g} s")
-        self._ended(run, attempt.number, exc=exc)
+        self._ended(run, attempt, exc=exc)
 
-    def _release(self, holdings: list) -> None:
-        for h in holdings:
-            h.release()
-        self._count_held(holdings, -1)
+    def _release(self, attempt: Attempt) -> None:
+        self._count_held(attempt.release(), -1)
 
     def _count_held(self, holdings: list, sign: int) -> None:
         if holdings:
@@ -268,9 +264,7 @@ class LocalEngine(Engine):
         processes) end. Their timeouts still fire."""
         self._grants.close()
         for run in self._pool.close():
-            if run.holdings:
-                self._release(run.holdings)
-                run.holdings = []
+            self._release(run.attempt)
             self._abandon(run)
 
     def __repr__(self) -> str:

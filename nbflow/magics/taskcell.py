@@ -114,9 +114,10 @@ class TaskCell:
         fut = self.future
         if fut is None:
             return "submitting"
-        if fut.phase == "waiting":
+        status = fut.status
+        if status == "waiting":
             return "waiting for " + ", ".join({**self.options.resources, **self.options.limits})
-        if fut.phase == "running":
+        if status == "running":
             return f"running on {fut.worker}" if fut.worker else "running"
         upstream = [dep.name for dep in self.upstream if not dep.done()]
         return f"waiting for {', '.join(dict.fromkeys(upstream))}" if upstream else "queued"

@@ -1,0 +1,56 @@
+"""One attempt of a task: what every engine runs, what it holds, and what the task sees as ``nbflow.current()``.
+
+The lifecycle (``core``) numbers the attempts of a run; the local engine runs one in a pool thread or a child
+process, ``Engine.call`` in the caller's thread, and a Dask worker rebuilds it from its Dask key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .. import devices
+
+
+class Attempt:
+    """Attempt ``number`` (0 for the first) of the task ``key``/``name``: the limits' handles it holds (released
+    once its function has really stopped) and the GPUs they hand out."""
+
+    __slots__ = ("number", "key", "name", "holdings", "gpus", "ids")
+
+    def __init__(self, number: int, key: str, name: str) -> None:
+        self.number = number
+        self.key = key
+        self.name = name
+        self.holdings: list = []  # limits granted to it, until released
+        self.gpus: Sequence[int] = ()  # ordinals within this process's visible devices
+        self.ids: str | None = None  # the same devices' ids (``CUDA_VISIBLE_DEVICES`` for a subprocess)
+
+    def pick_gpus(self, cuda_visible: str | None) -> None:
+        """The GPUs a machine-wide ``GPU`` limit among its holdings hands out; ``cuda_visible`` is the device list
+        the engine read once."""
+        self.gpus = devices.held(self.holdings)
+        self.ids = devices.physical(self.gpus, cuda_visible) if self.gpus else None
+
+    def release(self) -> list:
+        """Give back what it holds (once); returns what was given back."""
+        holdings, self.holdings = self.holdings, []
+        for holding in holdings:
+            holding.release()
+        return holdings
+
+    def context(self, worker: str | None, holds: Mapping[str, float], deadline: float | None = None) -> tuple:
+        """The task's ``nbflow.current()`` during this attempt on ``worker``, holding ``holds`` (resources and
+        limits, ``{name: amount}``): the arguments of ``context.of``, so it is built only if the task asks."""
+        return (self.key, self.name, self.number, worker, holds, self.gpus, self.ids, deadline)
+
+    def __repr__(self) -> str:
+        return f"<nbflow attempt {self.number} of {self.key}>"
+
+
+def retry_delay(exc: BaseException, number: int, options: Any) -> float | None:
+    """After attempt ``number`` raised ``exc``: the seconds to wait before the next attempt, or ``None`` if there
+    is none (``retries`` spent, or ``exc`` is not an ``Exception``: an interrupt or an exit ends the task)."""
+    if isinstance(exc, Exception) and number < options.retries:
+        return options.retry_delay
+    return None
