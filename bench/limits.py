@@ -32,7 +32,7 @@ def per_op_us(op, n: int) -> float:
 
 def nbflow_lock(name: str):
     """(acquire, release) of ``name`` (capacity 1) through nbflow's limits."""
-    from nbflow.semaphores import acquire
+    from nbflow.machine_limits import acquire
 
     held = []
     return (lambda: held.append(acquire(name))), (lambda: held.pop().release())
@@ -102,7 +102,7 @@ def verdict(ok: bool) -> str:
 def main() -> int:
     root = tempfile.mkdtemp(prefix="nbflow-bench-")  # on the same filesystem as the default directory
     os.environ["NBFLOW_LIMITS_DIR"] = os.path.join(root, "limits")
-    from nbflow.semaphores import acquire, limit
+    from nbflow.machine_limits import acquire, limit
 
     limit("bench", 1)
     ours = per_op_us(lambda: acquire("bench").release(), 5000)

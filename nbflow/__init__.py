@@ -10,6 +10,7 @@ from typing import Any
 from .context import TaskContext, current
 from .engines import engine, use
 from .errors import (
+    EngineConfigError,
     LimitsDirError,
     LimitTimeout,
     NbflowError,
@@ -17,20 +18,22 @@ from .errors import (
     RemoteError,
     ResourceSpecError,
     SchedulerUnreachable,
+    TaskArgumentError,
     TaskTimeout,
     Unsatisfiable,
     UpstreamError,
     WorkerDied,
 )
 from .futures import Future, as_completed, gather, wait
+from .machine_limits import LimitStatus, concurrency, limit, limits
 from .options import TaskOptions
-from .semaphores import LimitStatus, concurrency, limit, limits
 from .snapshot import Occupancy
 from .tasks import Task, task
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EngineConfigError",
     "Future",
     "LimitStatus",
     "LimitTimeout",
@@ -42,6 +45,7 @@ __all__ = [
     "ResourceSpecError",
     "SchedulerUnreachable",
     "Task",
+    "TaskArgumentError",
     "TaskContext",
     "TaskOptions",
     "TaskTimeout",

@@ -54,7 +54,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status (0, or 2 after a one-line error)."""
     args = _parser().parse_args(argv)
-    from .semaphores import api as lim
+    from .machine_limits import api as lim
     from .specs import check_name, parse_amount
 
     try:

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from .errors import ResourceSpecError, Unsatisfiable
 
-EPS = 1e-9  # the one tolerance amounts compare with (GPU packing here, grants in semaphores.slotfiles.fits)
+EPS = 1e-9  # the one tolerance amounts compare with (GPU packing here, grants in ``machine_limits.slotfiles.fits``)
 
 
 def choose(load: Sequence[float], amount: float) -> tuple[int, ...]:

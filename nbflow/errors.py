@@ -11,6 +11,14 @@ class ResourceSpecError(NbflowError, ValueError):
     """A malformed resource or limit spec, amount or name."""
 
 
+class EngineConfigError(NbflowError, ValueError):
+    """An unknown engine, or an engine option out of range (``workers``, ``on_unsatisfiable``)."""
+
+
+class TaskArgumentError(NbflowError, ValueError):
+    """A task argument nbflow cannot pass on: a container that holds itself and futures cannot be rebuilt."""
+
+
 class NoSuchLimit(NbflowError, LookupError):
     """A local resource has no capacity on this machine."""
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .errors import ResourceSpecError, UpstreamError
+from .errors import TaskArgumentError, UpstreamError
 
 STATUSES = ("pending", "waiting", "running", "finished", "error", "cancelled")
 
@@ -206,14 +206,14 @@ def substitute(obj: Any, replace: Callable[[Future], Any], _path: frozenset[int]
     """A copy of ``obj`` with every nbflow future replaced by ``replace(future)``; containers rebuilt.
 
     Containers without futures are returned as they are. A container that holds itself *and* futures cannot
-    be rebuilt: ``ResourceSpecError``.
+    be rebuilt: ``TaskArgumentError``.
     """
     if isinstance(obj, Future):
         return replace(obj)
     if not isinstance(obj, (list, tuple, set, frozenset, dict)) or not find_futures(obj):
         return obj
     if id(obj) in _path:
-        raise ResourceSpecError(
+        raise TaskArgumentError(
             f"a task argument of type {type(obj).__name__} contains itself and holds futures: pass the futures"
             " in a container without cycles"
         )

@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from .semaphores.status import Holder
+from .machine_limits.status import Holder
 
 _BYTE_UNITS = ("kB", "MB", "GB", "TB", "PB")
 

@@ -33,7 +33,7 @@ class LimitInfo(TypedDict):
     capacity: float
     used: float
     waiting: int
-    holders: list[dict[str, Any]]  # each a ``semaphores.Holder`` as a dict (``Holder.from_dict`` reads it back)
+    holders: list[dict[str, Any]]  # each a ``machine_limits.Holder`` as a dict (``Holder.from_dict`` reads it back)
 
 
 class Occupancy(TypedDict):
@@ -51,6 +51,6 @@ def empty_task_counts() -> dict[str, int]:
 
 def limits_snapshot() -> list[LimitInfo]:
     """This machine's limits with their holders, as plain dicts."""
-    from .semaphores import limits
+    from .machine_limits import limits
 
     return [dataclasses.asdict(status) for status in limits()]  # type: ignore[misc]

@@ -103,7 +103,7 @@ async def _await(fut):
 @pytest.mark.parametrize(
     ("options", "error", "match"),
     [
-        ({"on_unsatisfiable": "later"}, nbflow.ResourceSpecError, "on_unsatisfiable must be 'raise' or 'wait'"),
+        ({"on_unsatisfiable": "later"}, nbflow.EngineConfigError, "on_unsatisfiable must be 'raise' or 'wait'"),
         ({"resources": [{"GPU": "abc"}]}, nbflow.ResourceSpecError, "GPU"),
         ({"resources": [{"GPU": 1}], "n_workers": 2}, TypeError, "n_workers=2 but resources lists 1"),
         ({"address": "tcp://127.0.0.1:1", "n_workers": 2}, TypeError, "only apply to an embedded cluster"),

@@ -9,9 +9,9 @@ import pytest
 from test_magics_errors import one_line_error
 
 import nbflow
+from nbflow.machine_limits import concurrency, limit
 from nbflow.magics import args
 from nbflow.panel import Monitor
-from nbflow.semaphores import concurrency, limit
 
 GOOD = [(90, 90.0), (0.5, 0.5), ("90s", 90.0), ("5 minutes", 300.0), ("1.5h", 5400.0), ("250ms", 0.25)]
 # a byte size, no unit, not a number, a negative, past the float range, past 10**7 s, no number, nonsense

@@ -11,7 +11,7 @@ import pytest
 
 import nbflow
 from nbflow.devices import visible
-from nbflow.semaphores.detect import gpu_count
+from nbflow.machine_limits.detect import gpu_count
 
 WAIT = 60  # seconds: generous for a loaded 2-core machine
 

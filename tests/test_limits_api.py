@@ -13,7 +13,7 @@ from limits_helpers import assert_nothing_held, locked, wait_for
 
 import nbflow
 from nbflow.errors import LimitTimeout, NoSuchLimit, Unsatisfiable
-from nbflow.semaphores import Holding, acquire, acquire_all, concurrency, limit, limits, remove_limit
+from nbflow.machine_limits import Holding, acquire, acquire_all, concurrency, limit, limits, remove_limit
 
 
 def status(name: str):

@@ -9,7 +9,7 @@ import sys
 import pytest
 from limits_helpers import assert_nothing_held
 
-from nbflow.semaphores import acquire, limits
+from nbflow.machine_limits import acquire, limits
 
 SCRIPT = os.path.join(os.path.dirname(sys.executable), "nbflow")
 COMMANDS = {"module": [sys.executable, "-m", "nbflow"], "script": [SCRIPT]}

@@ -14,7 +14,7 @@ import pytest
 from limits_helpers import assert_nothing_held, wait_for
 
 from nbflow.errors import LimitsDirError, NoSuchLimit, ResourceSpecError, Unsatisfiable
-from nbflow.semaphores import acquire, acquire_all, acquire_async, concurrency, limit, limits, remove_limit
+from nbflow.machine_limits import acquire, acquire_all, acquire_async, concurrency, limit, limits, remove_limit
 from nbflow.specs import parse_resources
 
 BAD_NAMES = ["a/b", "..", ".", "../escape", "a\0b", "x" * 129, "", "sp ace", 3, None]

@@ -15,7 +15,7 @@ import pytest
 from limits_helpers import Worker, assert_nothing_held, expect_line, locked, start, wait_for
 
 from nbflow.errors import LimitsDirError
-from nbflow.semaphores import acquire, concurrency, limit, limits
+from nbflow.machine_limits import acquire, concurrency, limit, limits
 
 HANG = 30.0  # seconds after which a call counts as hanging (the machine is loaded: be generous)
 
@@ -85,7 +85,7 @@ def test_holders_above_a_lowered_capacity_finish_normally(limits_dir):
 PROBE = """
 import sys, time
 from nbflow.errors import NbflowError
-from nbflow.semaphores import concurrency, limits
+from nbflow.machine_limits import concurrency, limits
 for call in (limits, lambda: concurrency("GPU", timeout=2).__enter__()):
     started = time.monotonic()
     try:

@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from limits_helpers import Worker, assert_nothing_held, wait_for
 
-from nbflow.semaphores import limit, limits
-from nbflow.semaphores.paths import limits_dir
+from nbflow.machine_limits import limit, limits
+from nbflow.machine_limits.paths import limits_dir
 
 DEADLINE = 30.0  # seconds for anything the machine must do (loaded 2-core CI box)
 EPS = 1e-9

@@ -10,7 +10,7 @@ import time
 import pytest
 from limits_helpers import assert_nothing_held, expect_line, start, wait_for
 
-from nbflow.semaphores import acquire, limit, limits
+from nbflow.machine_limits import acquire, limit, limits
 
 
 def run_logged(tmp_path, name: str, procs: int, n: int, amounts: str = "1,2") -> list[tuple[int, int, int, float]]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from nbflow.machine_limits import Holder
+from nbflow.machine_limits.slotfiles import parse_slot_name, slot_name, used_of
 from nbflow.render import format_holder, holder_fields
-from nbflow.semaphores import Holder
-from nbflow.semaphores.slotfiles import parse_slot_name, slot_name, used_of
 
 
 def test_a_slot_name_reads_back_what_was_written():

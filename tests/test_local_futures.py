@@ -72,7 +72,7 @@ def test_a_self_referential_argument_is_passed_as_it_is_unless_it_holds_futures(
     fut = nbflow.task(lambda: 1).submit()
     cyclic = [fut]
     cyclic.append(cyclic)
-    with pytest.raises(nbflow.ResourceSpecError, match="contains itself and holds futures"):
+    with pytest.raises(nbflow.TaskArgumentError, match="contains itself and holds futures"):
         nbflow.task(len).submit(cyclic)
 
 

@@ -8,7 +8,8 @@ import threading
 import cloudpickle
 import pytest
 
-from nbflow.magics.cells import CellCode, analyze
+from nbflow.magics.kernel_cell_analysis import analyze
+from nbflow.magics.task_cell_code import CellCode
 
 
 def plan(body: str):
@@ -117,7 +118,7 @@ def test_failure_carries_the_cells_traceback_and_partial_output():
     tb = shown["traceback"]
     assert tb.startswith('Traceback (most recent call last):\n  File "Cell In[3]", line 5, in <module>\n')
     assert '  File "Cell In[3]", line 4, in inner\n    return 1 / 0' in tb
-    assert "cells.py" not in tb
+    assert "task_cell_code.py" not in tb
 
 
 def test_concurrent_cells_capture_only_their_own_prints(capsys):

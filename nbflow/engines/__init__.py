@@ -1,4 +1,4 @@
-"""Engines: the registry, ``nbflow.use(...)`` and ``nbflow.engine()``.
+"""Engines: the engine factories by name (``register``), ``nbflow.use(...)`` and ``nbflow.engine()``.
 
 An engine is found by name (``use("local")``, ``use("dask")``) or by an object it accepts (``use(client)``
 for a ``distributed.Client``). Engine modules are named as strings and imported on first use, so
@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import ResourceSpecError
+from ..errors import EngineConfigError
 from .core import Engine, bind, bound
 
 __all__ = ["Engine", "bind", "create", "engine", "register", "use"]
@@ -47,7 +47,7 @@ def create(kind: Any = "local", **options: Any) -> Engine:
     elif kind in _factories:
         return _factory(kind)(**options)
     names = ", ".join(repr(name) for name in _factories)
-    raise ResourceSpecError(f"unknown engine {kind!r}: use one of {names}, or pass a distributed.Client")
+    raise EngineConfigError(f"unknown engine {kind!r}: use one of {names}, or pass a distributed.Client")
 
 
 def _factory(name: str) -> Callable[..., Engine]:

@@ -77,16 +77,18 @@ class State(enum.Enum):
 class Run:
     """One submitted task on its way through an engine; engines subclass it to add their own slots."""
 
-    __slots__ = ("task", "fut", "args", "kwargs", "deps", "attempt", "state", "counted")
+    __slots__ = ("task", "fut", "args", "kwargs", "has_deps", "attempt", "state", "counted")
 
-    def __init__(self, task: Runnable, fut: Future, args: tuple, kwargs: dict, deps: bool, attempt: Attempt) -> None:
+    def __init__(
+        self, task: Runnable, fut: Future, args: tuple, kwargs: dict, has_deps: bool, attempt: Attempt
+    ) -> None:
         self.task = task
         self.fut = fut
         self.args = args
         self.kwargs = kwargs
-        self.deps = deps  # futures among the arguments
+        self.has_deps = has_deps  # futures among the arguments
         self.attempt = attempt  # the current one: placed, running, or next to run
-        self.state = State.BLOCKED if deps else State.PLACED
+        self.state = State.BLOCKED if has_deps else State.PLACED
         self.counted: bool = getattr(task, "counted", True)  # False: part of a task that is counted (a cell's output)
 
     @property
@@ -149,7 +151,7 @@ class Engine:
         self._admit(task)
         run = self._new_run(task, args, kwargs)
         self._counted(run.counted)
-        if run.deps:
+        if run.has_deps:
             self._after_deps(run)
         else:
             self._place(run)
@@ -162,7 +164,7 @@ class Engine:
         self._counted(sum(run.counted for run in runs))
         ready = []
         for run in runs:
-            if run.deps:
+            if run.has_deps:
                 self._after_deps(run)
             else:
                 ready.append(run)
@@ -173,7 +175,7 @@ class Engine:
     def call(self, task: Runnable, args: tuple, kwargs: dict) -> Any:
         """Run ``task`` here and now, holding ``_holds(task)``; dependencies are waited for and ``retries`` and
         ``retry_delay`` apply. No ``timeout``: the caller's own thread cannot be stopped."""
-        from ..semaphores import acquire_all
+        from ..machine_limits import acquire_all
 
         deps = find_futures((args, kwargs))
         if deps:
@@ -224,10 +226,10 @@ class Engine:
 
     def _new_run(self, task: Runnable, args: tuple, kwargs: dict) -> Run:
         fut = self._future(task.options.name)
-        deps = bool(find_futures(args) or (kwargs and find_futures(kwargs)))
-        if deps:
+        has_deps = bool(find_futures(args) or (kwargs and find_futures(kwargs)))
+        if has_deps:
             substitute((args, kwargs), _placeholder)  # refuse an argument that cannot be rebuilt, now
-        run = self.Run(task, fut, args, kwargs, deps, self.Attempt(0, fut.key, fut.name))
+        run = self.Run(task, fut, args, kwargs, has_deps, self.Attempt(0, fut.key, fut.name))
         fut._on_cancel = functools.partial(self._cancelled, run)
         return run
 
@@ -268,7 +270,7 @@ class Engine:
 
     def _arguments(self, run: Run) -> tuple[tuple, dict]:
         """The arguments of an attempt, each dependency replaced by ``_argument(dep)``."""
-        if not run.deps:
+        if not run.has_deps:
             return run.args, run.kwargs
         return substitute((run.args, run.kwargs), self._argument)
 

@@ -19,7 +19,7 @@ import distributed
 from distributed.client import done_callback  # the coroutine behind Future.add_done_callback, minus its thread hop
 
 from .. import sidechannel
-from ..errors import ResourceSpecError, Unsatisfiable
+from ..errors import EngineConfigError, Unsatisfiable
 from ..futures import Future
 from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
@@ -90,7 +90,7 @@ class DaskEngine(Engine):
         connect_timeout: float = 10.0,
     ) -> None:
         if on_unsatisfiable not in ("raise", "wait"):
-            raise ResourceSpecError(f"on_unsatisfiable must be 'raise' or 'wait', got {on_unsatisfiable!r}")
+            raise EngineConfigError(f"on_unsatisfiable must be 'raise' or 'wait', got {on_unsatisfiable!r}")
         self.on_unsatisfiable = on_unsatisfiable
         self.client, self.cluster = connect(
             address, client, n_workers, threads_per_worker, processes, resources, connect_timeout

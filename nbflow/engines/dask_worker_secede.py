@@ -35,7 +35,7 @@ def seceded() -> Iterator[None]:
 
 
 def acquire_limits(demands: dict, name: str) -> list:
-    from ..semaphores import acquire_all
+    from ..machine_limits import acquire_all
 
     with seceded():  # waiting for a machine-wide limit must not hold a worker thread
         return acquire_all(demands, task=name)

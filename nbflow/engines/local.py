@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import context, devices
-from ..errors import ResourceSpecError, TaskTimeout
+from ..errors import EngineConfigError, TaskTimeout
 from ..futures import set_block_hook
 from ..options import Runnable
 from ..snapshot import Occupancy, ResourceUse, limits_snapshot
 from .attempt import Attempt
 from .core import Engine, Run, bind
-from .dispatch import Grants, check
+from .grants import Grants, check
 from .threadpool import ThreadPool
 from .timers import Timers
 
@@ -39,8 +39,8 @@ class _LocalRun(Run):
 
     __slots__ = ("demands", "line")
 
-    def __init__(self, task: Runnable, fut: Any, args: tuple, kwargs: dict, deps: bool, attempt: Attempt) -> None:
-        super().__init__(task, fut, args, kwargs, deps, attempt)
+    def __init__(self, task: Runnable, fut: Any, args: tuple, kwargs: dict, has_deps: bool, attempt: Attempt) -> None:
+        super().__init__(task, fut, args, kwargs, has_deps, attempt)
         opts = task.options
         self.demands = task.options.held() if opts.resources or opts.limits else None
         self.line = tuple(sorted(self.demands)) if self.demands else ()
@@ -70,7 +70,7 @@ class LocalEngine(Engine):
 
     def __init__(self, workers: int = 8, processes: bool = False) -> None:
         if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-            raise ResourceSpecError(f"workers must be a whole number >= 1, got {workers!r}")
+            raise EngineConfigError(f"workers must be a whole number >= 1, got {workers!r}")
         name = f"nbflow-local{next(_engine_ids)}"
         super().__init__(name)
         self.workers = workers
@@ -274,7 +274,7 @@ class LocalEngine(Engine):
 
 def _capacity_or_zero(name: str) -> float:
     from ..errors import NbflowError
-    from ..semaphores.semaphore import get_limit
+    from ..machine_limits.limit_on_disk import get_limit
 
     try:
         return get_limit(name).capacity()

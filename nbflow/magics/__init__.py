@@ -1,6 +1,6 @@
 """IPython magics: ``%nbflow ...`` and ``%%nbflow task`` (``%load_ext nbflow``).
 
-Kept light: engine workers import ``nbflow.magics.cells`` to run task cells and need no IPython.
+Kept light: engine workers import ``nbflow.magics.task_cell_code`` to run task cells and need no IPython.
 """
 
 from __future__ import annotations

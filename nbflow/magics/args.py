@@ -70,7 +70,8 @@ def limits():
 
 @magic_arguments("nbflow status")
 def status():
-    """Show the current engine's occupancy: workers, resources in use, task counts."""
+    """Show the current engine's occupancy (``nbflow.occupancy()``): workers, resources in use, task counts,
+    and this machine's limits."""
 
 
 @magic_arguments("nbflow monitor")

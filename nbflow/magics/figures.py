@@ -1,6 +1,6 @@
 """Matplotlib figures a task cell makes: shown as PNG under that cell, then closed, so no later cell shows them.
 
-Which figures are a task cell's own: see ``registry``.
+Which figures are a task cell's own: see ``per_thread_figures``.
 
 Nothing here imports matplotlib: a cell that never imported ``matplotlib.pyplot`` costs a dict lookup. Nor does
 anything here fail a cell: pyplot found half-imported (by another cell's thread) is taken as not loaded yet.

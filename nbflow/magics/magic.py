@@ -12,12 +12,13 @@ from IPython.display import display
 
 from .. import engines
 from ..errors import NbflowError
+from ..machine_limits import limit, limits
 from ..options import TaskOptions
-from ..semaphores import limit, limits
 from . import args
-from .cells import CellCode, analyze
-from .display import current_request
-from .taskcell import Registry, TaskCell, short_error
+from .kernel_cell_analysis import analyze
+from .kernel_display import current_request
+from .kernel_task_cells import SubmittedCells, TaskCell, short_error
+from .task_cell_code import CellCode
 
 
 @magics_class
@@ -26,7 +27,7 @@ class NbflowMagics(Magics):
 
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
-        self.cells = Registry()
+        self.cells = SubmittedCells()
 
     @line_cell_magic
     def nbflow(self, line: str, cell: str | None = None) -> Any:

@@ -12,7 +12,7 @@ from matplotlib import pyplot
 from matplotlib._pylab_helpers import Gcf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-from .showing import display
+from .task_display import display
 
 FigureCanvas = FigureCanvasAgg
 

@@ -21,7 +21,7 @@ import sys
 import time
 
 from nbflow.errors import NbflowError
-from nbflow.semaphores import acquire
+from nbflow.machine_limits import acquire
 
 
 def log(name: str, n: str, seed: str, out: str, amounts: str = "1,2") -> None:

@@ -9,8 +9,8 @@ from collections.abc import Mapping
 
 from ..specs import NAME_RE, check_amount, check_name, check_timeout
 from .holding import Holding
+from .limit_on_disk import Budget, Cancel, get_limit
 from .paths import limits_dir
-from .semaphore import Budget, Cancel, get_limit
 from .status import LimitStatus
 
 

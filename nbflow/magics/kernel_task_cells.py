@@ -20,9 +20,10 @@ from .. import sidechannel
 from ..futures import Future, find_futures
 from ..options import TaskOptions
 from ..tasks import Task
-from .cells import CellCode, CellPlan, pick
-from .display import LIVE_LINES, CellView
+from .kernel_cell_analysis import CellPlan
+from .kernel_display import LIVE_LINES, CellView
 from .live import Inbox
+from .task_cell_code import CellCode, pick
 from .terminal import printable
 
 TICK = 0.25  # seconds between status-line refreshes while task cells are unfinished
@@ -185,7 +186,7 @@ class TaskCell:
         return fut is not None and fut.cancel()
 
 
-class Registry:
+class SubmittedCells:
     """The kernel's task cells, and the one thread that refreshes their status lines while any is unfinished."""
 
     def __init__(self) -> None:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import LimitTimeout
-from ..semaphores import Holding, acquire_all
-from ..semaphores.api import check_demands as check  # the local engine's check at submit
+from ..machine_limits import Holding, acquire_all
+from ..machine_limits.api import check_demands as check  # the local engine's check at submit
 
 __all__ = ["POLL", "Grants", "check"]
 

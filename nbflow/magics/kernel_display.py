@@ -18,7 +18,7 @@ from IPython.core.interactiveshell import InteractiveShell
 from IPython.display import DisplayHandle, display
 
 from .capture import printable_data
-from .showing import WIDGET, widget_text
+from .task_display import WIDGET, widget_text
 
 LIVE_LINES = 100  # lines of each stream shown while a cell runs; all of them show once it ends
 

@@ -1,7 +1,7 @@
-"""Machine-wide limits: counting semaphores over file locks.
+"""Machine-wide limits: counting machine_limits over file locks.
 
 State lives in ``$NBFLOW_LIMITS_DIR`` (else ``$XDG_STATE_HOME/nbflow/limits`` or
-``~/.local/state/nbflow/limits``); see ``semaphore`` for the on-disk design.
+``~/.local/state/nbflow/limits``); see ``limit_on_disk`` for the on-disk design.
 """
 
 from __future__ import annotations

@@ -1,0 +1,119 @@
+"""The picklable function that runs a task cell, and picks one of its outputs, wherever the task runs.
+
+This module is imported on engine workers (threads, processes, Dask workers): it must not need IPython.
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import linecache
+import traceback
+import uuid
+from typing import Any
+
+from . import figures, per_thread_figures, task_display
+from .capture import Displays, capture, running_shell
+from .live import reporting
+
+
+class CellCode:
+    """A task cell as a picklable callable: ``CellCode(...)(**inputs)`` runs it in a fresh namespace.
+
+    Returns ``{"outputs": {name: value}, "stdout": str, "stderr": str, "displays": [mimebundle], "value":
+    mimebundle or None}``: ``displays`` are what it showed with ``display()``, ``plt.show()`` or figures it left
+    open (each closed, so that no later cell shows it again).
+    On failure the exception is re-raised with ``exc._nbflow_cell = {"traceback", "stdout", "stderr"}``,
+    the traceback formatted where it ran, against the cell's own source and line numbers.
+    """
+
+    def __init__(self, source: str, filename: str, outputs: tuple[str, ...], shows_value: bool) -> None:
+        self.source = source
+        self.filename = filename
+        self.outputs = outputs
+        self.shows_value = shows_value
+        self.channel = f"nbflow-cell-{uuid.uuid4().hex}"  # what it shows while it runs goes there (``live``)
+
+    @property
+    def _nbflow_source(self) -> str:
+        """What the cache hashes as this cell's code (see ``nbflow.caching.keys``)."""
+        return self.source
+
+    def __call__(self, **inputs: Any) -> dict[str, Any]:
+        namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
+        body, last = self._compile()
+        per_thread_figures.per_thread()
+        if running_shell() is None:  # a child process, a Dask worker: show what the kernel would show
+            figures.headless()
+            task_display.use_for_ipython()
+            namespace.setdefault("display", task_display.display)  # a builtin in the kernel
+        with capture() as (out, err, displays), reporting(self.channel, out, err, displays):
+            before = figures.open_now()
+            value = None
+            try:
+                exec(body, namespace)
+                value = eval(last, namespace) if last is not None else None
+                shown = task_display.mimebundle(value) if value is not None else None
+            except BaseException as exc:
+                exc._nbflow_cell = {  # type: ignore[attr-defined]
+                    "traceback": self._format(exc),
+                    "stdout": out.text(),
+                    "stderr": err.text(),
+                    "displays": _settled(displays),
+                }
+                raise
+            finally:
+                for bundle in figures.close_new(before, value):
+                    displays.add(bundle)
+        outputs = {name: namespace[name] for name in self.outputs if name in namespace}
+        return {
+            "outputs": outputs,
+            "stdout": out.text(),
+            "stderr": err.text(),
+            "displays": _settled(displays),
+            "value": shown,
+        }
+
+    def _compile(self) -> tuple[Any, Any]:
+        tree = ast.parse(self.source, self.filename)
+        last = None
+        if self.shows_value and tree.body and isinstance(tree.body[-1], ast.Expr):
+            last = compile(ast.Expression(tree.body.pop().value), self.filename, "eval")
+        return compile(tree, self.filename, "exec"), last
+
+    def _format(self, exc: BaseException) -> str:
+        """The traceback from the cell's first frame on, with the cell's source lines."""
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != self.filename:
+            tb = tb.tb_next
+        lines = self.source.splitlines(keepends=True)
+        linecache.cache[self.filename] = (len(self.source), None, lines, self.filename)
+        try:
+            return "".join(traceback.format_exception(type(exc), exc, tb))
+        finally:
+            linecache.cache.pop(self.filename, None)
+
+    def __repr__(self) -> str:
+        return f"<nbflow cell {self.filename}>"
+
+
+def _settled(displays: Displays) -> list[dict[str, Any]]:
+    """The cell's displays as they stay once it ended: a widget as its text form now (a progress bar's last
+    line), or left out if it was closed (a bar with ``leave=False``), for what runs no widgets."""
+    items = []
+    for item in displays.items:
+        if task_display.WIDGET in item:
+            text = task_display.widget_text(item)
+            if text is None:
+                continue
+            item = {**item, "text/plain": text}
+        items.append(item)
+    return items
+
+
+def pick(result: dict[str, Any], name: str) -> Any:
+    """One output of a finished task cell (a task of its own, so a dependent cell gets just that value)."""
+    try:
+        return result["outputs"][name]
+    except KeyError:
+        raise NameError(f"the task cell did not assign {name!r}") from None
