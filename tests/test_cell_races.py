@@ -62,17 +62,22 @@ def test_a_cell_ending_while_another_imports_pyplot_half_way_is_not_failed_by_th
     assert kernel.run("print(shown, plotted)").stream("stdout") == "1 1\n"
 
 
+def another_cell_meanwhile(kernel, release: str) -> None:
+    """Once the held import has started: a task cell starts and ends; then ``release`` lets the import go on."""
+    try:
+        assert kernel.run("assert started.wait(60)").reply["status"] == "ok"
+        other = kernel.run("%%nbflow task --block --name other\nvalue = 2")
+        assert other.reply["status"] == "ok", other.reply
+    finally:
+        kernel.run(release)
+
+
 def test_a_cell_starting_while_pyplot_is_imported_half_way_is_not_failed_either(kernel):
     assert kernel.run(f"NAME = 'matplotlib.pyplot'\n{HOLD_IMPORT}").reply["status"] == "ok"
     assert (
         kernel.run("%%nbflow task --name plots\nimport matplotlib.pyplot as plt\nplotted = 1").reply["status"] == "ok"
     )
-    try:
-        assert kernel.run("assert started.wait(60)").reply["status"] == "ok"
-        other = kernel.run("%%nbflow task --block --name other\nvalue = 2")  # starts and ends meanwhile
-        assert other.reply["status"] == "ok", other.reply
-    finally:
-        kernel.run("release.set()")
+    another_cell_meanwhile(kernel, "release.set()")
     assert kernel.run("%nbflow wait").reply["status"] == "ok"
     assert kernel.run("print(plotted, value)").stream("stdout") == "1 2\n"
 
@@ -81,12 +86,7 @@ def test_a_cell_starting_while_pyplot_s_figure_registry_is_imported_half_way_is_
     assert kernel.run(f"NAME = 'matplotlib._pylab_helpers'\n{HOLD_IMPORT}").reply["status"] == "ok"
     importer = "importer = threading.Thread(target=__import__, args=('matplotlib.pyplot',))\nimporter.start()"
     assert kernel.run(importer).reply["status"] == "ok"  # an import in another thread, before any task cell
-    try:
-        assert kernel.run("assert started.wait(60)").reply["status"] == "ok"
-        other = kernel.run("%%nbflow task --block --name other\nvalue = 2")  # starts and ends meanwhile
-        assert other.reply["status"] == "ok", other.reply
-    finally:
-        kernel.run("release.set()\nimporter.join(60)")
+    another_cell_meanwhile(kernel, "release.set()\nimporter.join(60)")
     after = (
         "%%nbflow task --block --name after\nimport matplotlib._pylab_helpers as h\nkind = type(h.Gcf.figs).__name__"
     )
