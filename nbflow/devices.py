@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 from .errors import ResourceSpecError, Unsatisfiable
 
@@ -66,9 +66,9 @@ def listed(value: str | None) -> list[str] | None:
     return ids
 
 
-def visible(env: Mapping[str, str] = os.environ) -> list[str] | None:
-    """The device ids ``CUDA_VISIBLE_DEVICES`` lists in ``env`` (see ``listed``)."""
-    return listed(env.get("CUDA_VISIBLE_DEVICES"))
+def visible() -> list[str] | None:
+    """The device ids ``CUDA_VISIBLE_DEVICES`` lists now (see ``listed``)."""
+    return listed(os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def physical(ordinals: Sequence[int], value: str | None, strict: bool = True) -> str:

@@ -223,15 +223,15 @@ def test_a_task_cell_sees_its_context(kernel):
 
 
 def test_device_ids_are_kept_as_given_and_fractions_that_do_not_pack_share_the_least_loaded():
-    from nbflow.devices import Table, choose, physical, visible
+    from nbflow.devices import Table, choose, listed, physical
 
-    listed = " GPU-8a1b , MIG-GPU-8a1b/1/0 ,2"
-    assert visible({"CUDA_VISIBLE_DEVICES": listed}) == ["GPU-8a1b", "MIG-GPU-8a1b/1/0", "2"]
-    assert physical([1, 2], listed) == "MIG-GPU-8a1b/1/0,2"
+    value = " GPU-8a1b , MIG-GPU-8a1b/1/0 ,2"
+    assert listed(value) == ["GPU-8a1b", "MIG-GPU-8a1b/1/0", "2"]
+    assert physical([1, 2], value) == "MIG-GPU-8a1b/1/0,2"
     with pytest.raises(nbflow.Unsatisfiable, match="GPU slot 3 has no device"):
-        physical([3], listed)  # past the list: refused, never a made-up id
+        physical([3], value)  # past the list: refused, never a made-up id
     assert physical([3], None) == "3"  # no list: ordinal k is device k
-    assert visible({"CUDA_VISIBLE_DEVICES": ""}) == [] and visible({}) is None
+    assert listed("") == [] and listed(None) is None
     assert choose([0.5, 0.0], 0.5) == (0,)  # the fullest device it fits on
     assert choose([0.6, 0.6], 0.8) == (0,)  # fits nowhere: the least loaded is shared, not nothing given
     assert choose([1.0, 0.5, 0.0], 2) == (1, 2) and choose([], 1) == () and choose([0.0], 0) == ()

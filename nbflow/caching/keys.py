@@ -119,13 +119,13 @@ def _notebook(value: Any) -> bool:
 def _helper(value: Any) -> Any:
     """The notebook function behind a global a function names (an ``nbflow.task`` wraps one), else None."""
     if isinstance(value, types.FunctionType):
-        return value if value.__module__ == "__main__" else None
+        return value if _notebook(value) else None
     if hasattr(value, "__wrapped__") and callable(value):
         try:
             inner = inspect.unwrap(value)
         except ValueError:  # a proxy whose ``__wrapped__`` never ends
             return None
-        return inner if isinstance(inner, types.FunctionType) and inner.__module__ == "__main__" else None
+        return inner if isinstance(inner, types.FunctionType) and _notebook(inner) else None
     return None
 
 
@@ -155,11 +155,11 @@ _SCALARS = (bool, int, float, complex, str, bytes)
 def _feed(h: Any, value: Any, what: str, seen: Seen) -> None:
     kind = type(value)
     h.update(f"<{kind.__module__}.{kind.__qualname__}>".encode())
-    if value is None or kind in (bool, int, str, bytes, complex):
-        h.update(repr(value).encode())
-        return
     if kind is float:
         h.update((repr(value) if not math.isnan(value) else "nan").encode())
+        return
+    if value is None or kind in _SCALARS:
+        h.update(repr(value).encode())
         return
     if getattr(value, "cache_key", None) is not None and hasattr(value, "add_done_callback"):  # an nbflow future
         h.update(value.cache_key.encode())
@@ -336,7 +336,7 @@ class Unhashable(NbflowError):
         super().__init__(f"{problem}; pass cache_key=lambda *args, **kwargs: ... returning a string")
 
 
-_PLAIN = (type(None), bool, int, float, complex, str, bytes)
+_PLAIN = (type(None), *_SCALARS)
 _PLAIN_SIZE = 10_000  # elements: a bigger container is data, to be passed as an argument
 
 

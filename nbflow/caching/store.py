@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import hmac
 import io
@@ -33,10 +34,13 @@ from typing import Any
 
 import cloudpickle
 
+from ..errors import ResourceSpecError
+from ..specs import parse_amount
 from . import trust
 
 SUFFIX = ".entry"
 TAG = b"nbflow-entry-1 "  # the start of an entry's first line; the hex HMAC follows
+_TAG_LINE = len(TAG) + 64 + 1  # that line: the tag, a hex SHA-256 and a newline
 DEFAULT_CAP = 10e9  # bytes
 LOW_WATER = 0.9  # an eviction the writes set off leaves this much of the cap, so the next rescan is 10% away
 _HEADER_MAX = 1 << 16  # bytes of a header line read before giving up on it
@@ -59,9 +63,6 @@ def size_cap() -> float:
     text = os.environ.get("NBFLOW_CACHE_SIZE")
     if not text:
         return DEFAULT_CAP
-    from ..errors import ResourceSpecError
-    from ..specs import parse_amount
-
     try:
         return parse_amount("NBFLOW_CACHE_SIZE", text)
     except ResourceSpecError:  # an ``OSError`` here: the task runs uncached with a warning, never fails
@@ -110,10 +111,10 @@ class _Local:
 
     def write(self, path: str, data: list[bytes]) -> None:
         folder = os.path.dirname(path)
-        os.makedirs(folder, mode=0o777 if self.shared else 0o700, exist_ok=True)
+        os.makedirs(folder, mode=trust.dir_mode(self.shared), exist_ok=True)
         tmp = f"{folder}/.tmp-{uuid.uuid4().hex}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666 if self.shared else 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, trust.file_mode(self.shared))
             with os.fdopen(fd, "wb") as file:
                 for chunk in data:
                     file.write(chunk)
@@ -223,15 +224,21 @@ class Store:
         self.shared = self.keys.shared
         if "://" not in self.root:
             self.files: _Local | _Fsspec = _Local(self.root, self.shared)
-            self.locks = os.path.join(self.root, "locks")
             return
         import fsspec
         from fsspec.implementations.local import LocalFileSystem
 
         fs, path = fsspec.core.url_to_fs(self.root)
         self.files = _Local(path, self.shared) if isinstance(fs, LocalFileSystem) else _Fsspec(fs, path)
-        where = hashlib.blake2b(self.root.encode(), digest_size=8).hexdigest()  # a shared file system may lack flock
-        self.locks = os.path.join(os.path.expanduser("~"), ".cache", "nbflow-locks", where)
+
+    @functools.cached_property
+    def locks(self) -> str:
+        """Where the one-run-per-key locks live: beside a local store, else in this machine's own cache directory
+        (a shared file system may lack flock). Only a miss needs it."""
+        if "://" not in self.root:
+            return os.path.join(self.root, "locks")
+        where = hashlib.blake2b(self.root.encode(), digest_size=8).hexdigest()
+        return os.path.join(os.path.expanduser("~"), ".cache", "nbflow-locks", where)
 
     def _path(self, key: str) -> str:
         return f"{self.files.root}/{key[:2]}/{key}{SUFFIX}"
@@ -243,7 +250,7 @@ class Store:
         try:
             self.files.ready()
             with self.files.open(path) as file:
-                tag, line = file.readline(len(TAG) + 65), file.readline(_HEADER_MAX)
+                tag, line = file.readline(_TAG_LINE), file.readline(_HEADER_MAX)
                 header = _header(line)
                 if header is not None and _expired(header["created"], expiration):
                     return None
@@ -305,8 +312,8 @@ class Store:
         self.files.ready()
         self.keys.hmac()
         size_cap()  # a malformed cap is found before the run, not after it stored
-        os.makedirs(self.locks, mode=0o777 if self.shared else 0o700, exist_ok=True)
-        mode = {} if self.shared else {"mode": 0o600}
+        os.makedirs(self.locks, mode=trust.dir_mode(self.shared), exist_ok=True)
+        mode = {} if self.shared else {"mode": trust.file_mode(False)}
         with filelock.FileLock(os.path.join(self.locks, f"{key}.lock"), **mode):
             yield
 
@@ -316,7 +323,7 @@ class Store:
         for path, size, used in self.files.listing():
             try:
                 with self.files.open(path) as file:
-                    tag, header = file.readline(len(TAG) + 65), _header(file.readline(_HEADER_MAX))
+                    tag, header = file.readline(_TAG_LINE), _header(file.readline(_HEADER_MAX))
             except Exception:
                 continue
             if tag.startswith(TAG) and header is not None:

@@ -3,7 +3,7 @@
 Unpickling runs code, so an entry is unpickled only when its HMAC-SHA256 verifies with a key that only the
 store's users hold: ``$NBFLOW_CACHE_SECRET`` (the secret itself) or ``$NBFLOW_CACHE_SECRET_FILE`` (a file
 holding it) when a team shares a store, else a per-user key file, ``$XDG_CONFIG_HOME/nbflow/cache.key`` (or
-``~/.config/nbflow/cache.key``), made with mode 0600 on first use. The key is read once per process.
+``~/.config/nbflow/cache.key``), made with mode 0600 on first use. The key is read once per process and configuration.
 
 A store is *shared* when a secret is configured: its files then follow the umask and the directory's group,
 and only a directory that every user may write (without the sticky bit) is refused. Otherwise it is *private*:
@@ -34,8 +34,8 @@ _CONFIG = ("NBFLOW_CACHE_SECRET", "NBFLOW_CACHE_SECRET_FILE", "XDG_CONFIG_HOME",
 
 
 class Keyring:
-    """The key of one configuration (``_CONFIG``'s values), read at its first use and then kept: a hit pays for
-    no file read and no environment lookup."""
+    """The key of one configuration (``_CONFIG``'s values), read at its first use and then kept: after that, a
+    store finds it with four environment lookups and reads no file."""
 
     def __init__(self, where: tuple[str | None, ...]) -> None:
         self.where = where
@@ -134,12 +134,22 @@ def _make_key(path: str) -> None:
             pass
 
 
+def dir_mode(is_shared: bool) -> int:
+    """The mode new store directories are made with: private, or the umask's for a team's store."""
+    return 0o777 if is_shared else 0o700
+
+
+def file_mode(is_shared: bool) -> int:
+    """The mode new store files are made with: private, or the umask's for a team's store."""
+    return 0o666 if is_shared else 0o600
+
+
 def check_dir(path: str, is_shared: bool) -> None:
     """Create the store directory ``path`` if needed (0700 when private) and refuse one that other users could
     plant results in. A directory found fit is not checked again in this process."""
     if (path, is_shared) in _fit:
         return
-    os.makedirs(path, mode=0o777 if is_shared else 0o700, exist_ok=True)
+    os.makedirs(path, mode=dir_mode(is_shared), exist_ok=True)
     st = os.stat(path)
     sticky = st.st_mode & stat.S_ISVTX
     writers = stat.S_IWOTH if is_shared else stat.S_IWGRP | stat.S_IWOTH

@@ -120,12 +120,13 @@ class CellView:
                 return
             if final:  # read before sending: if the kernel moves on meanwhile, the cell is only drawn once more
                 self.final_request = current_request()
+            # Bundles made now are made printable (what a cell showed never breaks the kernel); shown ones already are.
+            redraw_rich = rich is not None or self._box is not None
             bundles = [
-                status(self.title, state),
-                streams_bundle(streams) if streams is not None else self._shown[1],
-                self._rich(rich, final) if rich is not None or self._box is not None else self._shown[2],
+                printable_data(status(self.title, state)),
+                printable_data(streams_bundle(streams)) if streams is not None else self._shown[1],
+                printable_data(self._rich(rich, final)) if redraw_rich else self._shown[2],
             ]
-            bundles = [printable_data(bundle) for bundle in bundles]  # what a cell showed never breaks the kernel
             for i, (handle, bundle) in enumerate(zip(self._handles, bundles, strict=True)):
                 if final or bundle != self._shown[i]:
                     self._shown[i] = bundle
