@@ -34,7 +34,10 @@ class Attempt:
 
     def release(self) -> list:
         """Give back what it holds (once); returns what was given back."""
-        holdings, self.holdings = self.holdings, []
+        holdings = self.holdings
+        if not holdings:  # most tasks hold nothing
+            return holdings
+        self.holdings = []
         for holding in holdings:
             holding.release()
         return holdings

@@ -67,7 +67,7 @@ def run_with_deadline(
     """
     timeout = task.options.timeout
     deadline = time.monotonic() + timeout
-    current = context.of(*attempt.context(where, holds, deadline))  # its ``nbflow.current()``, with its deadline
+    current = attempt.context(where, holds, deadline)  # its ``nbflow.current()``, with its deadline
     relay = Relay()
     outcome: dict[str, Any] = {}
 

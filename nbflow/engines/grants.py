@@ -14,9 +14,6 @@ from typing import Any
 
 from ..errors import LimitTimeout
 from ..machine_limits import Holding, acquire_all
-from ..machine_limits.api import check_demands as check  # the local engine's check at submit
-
-__all__ = ["POLL", "Grants", "check"]
 
 POLL = 0.5  # seconds a line waits in one acquire before it re-checks for cancellation and close
 

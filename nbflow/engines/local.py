@@ -23,11 +23,12 @@ from typing import Any
 from .. import context, devices
 from ..errors import EngineConfigError, TaskTimeout
 from ..futures import set_block_hook
+from ..machine_limits.api import check_demands
 from ..options import Runnable
 from ..snapshot import Occupancy, ResourceUse, limits_snapshot
 from .attempt import Attempt
 from .core import Engine, Run, bind
-from .grants import Grants, check
+from .grants import Grants
 from .threadpool import ThreadPool
 from .timers import Timers
 
@@ -88,7 +89,7 @@ class LocalEngine(Engine):
         opts = task.options
         if opts.resources or opts.limits:
             demands = task.options.held()
-            check(demands)
+            check_demands(demands)
             if "GPU" in demands:  # slot k is the k-th listed device: refuse slots that have none
                 devices.check_capacity(_capacity_or_zero("GPU"), self.cuda_visible)
             with self._lock:

@@ -1,4 +1,4 @@
-"""Machine-wide limits: counting machine_limits over file locks.
+"""Machine-wide limits: counting semaphores over file locks.
 
 State lives in ``$NBFLOW_LIMITS_DIR`` (else ``$XDG_STATE_HOME/nbflow/limits`` or
 ``~/.local/state/nbflow/limits``); see ``limit_on_disk`` for the on-disk design.

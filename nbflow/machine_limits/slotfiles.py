@@ -165,19 +165,25 @@ def parse_slot_name(name: str) -> tuple[float, tuple[int, ...], int]:
     """(amount, device indices, pid) of a slot file's name; what a name no nbflow process wrote lacks reads as
     0, () and 0, so such a file counts for nothing."""
     parts = name.split("_", 3)
-    try:
-        amount = float(parts[0])
-    except ValueError:
-        amount = 0.0
+    amount = amount_of(name)
     if len(parts) < 3:
         return amount, (), 0
     indices = tuple(int(i) for i in parts[1].split(",") if i.isdigit()) if parts[1] else ()
     return amount, indices, int(parts[2]) if len(parts) == 4 and parts[2].isdigit() else 0
 
 
+def amount_of(name: str) -> float:
+    """The amount a slot file's name holds (its first field; 0 for a name no nbflow process wrote). The acquire
+    loop sums these for every holder, so it reads no more of the name."""
+    try:
+        return float(name.partition("_")[0])
+    except ValueError:
+        return 0.0
+
+
 def used_of(names: list[str]) -> float:
     """Sum of the amounts in visible slot file names."""
-    return sum((parse_slot_name(entry)[0] for entry in names), 0.0)
+    return sum(map(amount_of, names), 0.0)
 
 
 def pick_devices(names: list[str], amount: float, capacity: float) -> tuple[int, ...]:
