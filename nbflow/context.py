@@ -64,6 +64,22 @@ def leave(saved: object) -> None:
     _local.context = saved
 
 
+def report_failure(exc: BaseException, report: dict) -> None:
+    """Inside a task about to raise ``exc``: what the kernel shows beside it (a task cell's output so far, its
+    traceback against the cell's source). Engines carry it with the failed attempt, across processes and Dask,
+    and the exception stays the user's own."""
+    _local.report = (exc, report)
+
+
+def take_report(exc: BaseException) -> dict | None:
+    """(Engines) the report left in this thread for ``exc``, once; ``None`` if the task left none for it."""
+    left = getattr(_local, "report", None)
+    if left is None:
+        return None
+    _local.report = None
+    return left[1] if left[0] is exc else None
+
+
 @contextlib.contextmanager
 def running(context: TaskContext | tuple | None) -> Iterator[None]:
     """``enter`` and ``leave`` around a block."""

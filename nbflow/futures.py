@@ -60,9 +60,10 @@ class Future(cf.Future):
         self.attempt = 0  # the attempt running or next to run: 1 once the first failure is to be retried
         self.cache_key: str | None = None  # a cached task's: the key its value is stored under
         self.cached: Any = None  # the cache entry it was read from (``caching.Entry``), if it did not run
-        # the engines' (below): the status while not done (pending | waiting | running), and the hook that
-        # tells the engine, once, that cancel() succeeded
+        # the engines' (below): the status while not done (pending | waiting | running), the hook that tells the
+        # engine, once, that cancel() succeeded, and what the failed attempt reported beside its exception
         self._phase = "pending"
+        self._report: dict | None = None
         self._on_cancel: Callable[[], object] | None = None
         self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
 

@@ -8,6 +8,7 @@ import threading
 import cloudpickle
 import pytest
 
+from nbflow import context
 from nbflow.magics.kernel_cell_analysis import analyze
 from nbflow.magics.task_cell_code import CellCode
 
@@ -113,7 +114,8 @@ def test_failure_carries_the_cells_traceback_and_partial_output():
     code = CellCode(body, "Cell In[3]", ("value",), False)
     with pytest.raises(ZeroDivisionError) as info:
         code()
-    shown = info.value._nbflow_cell
+    shown = context.take_report(info.value)
+    assert not hasattr(info.value, "_nbflow_cell") and context.take_report(info.value) is None  # taken once
     assert shown["stdout"] == "so far\n"
     tb = shown["traceback"]
     assert tb.startswith('Traceback (most recent call last):\n  File "Cell In[3]", line 5, in <module>\n')

@@ -83,3 +83,20 @@ def test_task_cells_on_the_dask_engine():
     assert "UpstreamError: upstream task 'bad.bad' failed" in worse
     assert final == "10 True UpstreamError\n"
     assert "GPU 0/1" in status
+
+
+def _failing_cell(engine: str, options: str = "") -> list:
+    return [
+        f"%load_ext nbflow\n%nbflow use {engine}",
+        f'%%nbflow task {options}\nprint("so far")\nx = {{}}["missing"]',
+        "%nbflow wait",
+    ]
+
+
+def test_a_failed_cell_in_a_child_process_or_a_timed_dask_task_shows_its_traceback_and_output_so_far():
+    for engine, options in (("local --processes", ""), ("dask --n-workers 1", "--timeout 60")):
+        nb = run_notebook(_failing_cell(engine, options))
+        failing, wait = cell_text(nb.cells[1]), cell_text(nb.cells[2])
+        assert re.search(r"\[nbflow\] x: failed after [0-9.]+ s\nso far\n", failing), (engine, failing)
+        assert 'File "Cell In[2]", line 3, in <module>\n    x = {}["missing"]' in failing, (engine, failing)
+        assert "1 task cell(s) failed: x (KeyError)" in wait, (engine, wait)

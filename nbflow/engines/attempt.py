@@ -16,7 +16,7 @@ class Attempt:
     """Attempt ``number`` (0 for the first) of the task ``key``/``name``: the limits' handles it holds (released
     once its function has really stopped) and the GPUs they hand out."""
 
-    __slots__ = ("number", "key", "name", "holdings", "gpus", "ids")
+    __slots__ = ("number", "key", "name", "holdings", "gpus", "ids", "report")
 
     def __init__(self, number: int, key: str, name: str) -> None:
         self.number = number
@@ -25,6 +25,7 @@ class Attempt:
         self.holdings: list = []  # limits granted to it, until released
         self.gpus: Sequence[int] = ()  # ordinals within this process's visible devices
         self.ids: str | None = None  # the same devices' ids (``CUDA_VISIBLE_DEVICES`` for a subprocess)
+        self.report: dict | None = None  # what it left beside its exception if it failed (``context.report_failure``)
 
     def pick_gpus(self, cuda_visible: str | None) -> None:
         """The GPUs a machine-wide ``GPU`` limit among its holdings hands out; ``cuda_visible`` is the device list
@@ -49,6 +50,16 @@ class Attempt:
 
     def __repr__(self) -> str:
         return f"<nbflow attempt {self.number} of {self.key}>"
+
+
+class Reported(Exception):
+    """A failed attempt's exception and its report as one exception, where nothing else crosses (a Dask task's
+    error); the client unwraps it."""
+
+    def __init__(self, error: BaseException, report: dict) -> None:
+        super().__init__(error, report)
+        self.error = error
+        self.report = report
 
 
 def retry_delay(exc: BaseException, number: int, options: Any) -> float | None:

@@ -317,6 +317,8 @@ class Engine:
                 run.fut.attempt = attempt.number + 1
                 self._to(run, State.DELAYED if delay > 0 else State.PLACED)
         if delay is None:
+            if exc is not None:
+                run.fut._report = attempt.report
             self._set(run, value, exc)
             return
         if not run.fut._claim():  # it ran (briefly, unreported): no longer cancellable, unless cancelled just now

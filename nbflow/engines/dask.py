@@ -23,6 +23,7 @@ from ..errors import EngineConfigError, Unsatisfiable
 from ..futures import Future
 from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
+from .attempt import Reported
 from .core import Engine, Run
 from .dask_attempt_keys import attempt_key
 from .dask_cluster import connect
@@ -193,7 +194,10 @@ class DaskEngine(Engine):
         if status == "finished":
             self._ended(run, run.attempt, _REMOTE)
         elif status == "error":
-            self._ended(run, run.attempt, exc=dask_future.exception().with_traceback(dask_future.traceback()))
+            exc = dask_future.exception()
+            if isinstance(exc, Reported):
+                exc, run.attempt.report = exc.error, exc.report
+            self._ended(run, run.attempt, exc=exc.with_traceback(dask_future.traceback()))
         else:  # cancelled on the cluster (not by its future's cancel()), or lost
             self._abandon(run)
 

@@ -87,7 +87,7 @@ def run_with_deadline(
                 with context.running(current):
                     outcome["value"] = task.fn(*args, **kwargs)
             except BaseException as exc:  # handed to the task thread, which raises it
-                outcome["error"] = exc
+                outcome["error"], outcome["report"] = exc, context.take_report(exc)
         finally:
             while True:
                 try:
@@ -113,6 +113,8 @@ def run_with_deadline(
         relay.close()
         raise TaskTimeout(f"task {task.name!r} ran longer than its timeout of {timeout:g} s")
     if "error" in outcome:
+        if outcome["report"] is not None:
+            context.report_failure(outcome["error"], outcome["report"])
         raise outcome["error"]
     return outcome["value"]
 

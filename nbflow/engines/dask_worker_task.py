@@ -16,7 +16,7 @@ from .. import context, devices, sidechannel
 from ..errors import portable
 from ..futures import set_block_hook
 from ..options import Runnable
-from .attempt import Attempt
+from .attempt import Attempt, Reported
 from .core import bind
 from .dask_attempt_keys import task_key
 from .dask_worker_deadline import run_with_deadline
@@ -58,7 +58,10 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         finally:
             attempt.release()
     except Exception as exc:
+        report = context.take_report(exc)
         sendable = portable(exc, traceback.format_exc())
+        if report is not None:
+            raise Reported(sendable, report).with_traceback(exc.__traceback__) from None
         if sendable is exc:
             raise
         raise sendable from None

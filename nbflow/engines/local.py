@@ -156,6 +156,7 @@ class LocalEngine(Engine):
                 context.leave(saved)
         except BaseException as error:  # SystemExit, KeyboardInterrupt raised by the task end it too
             exc = error
+            attempt.report = context.take_report(error)
         self._stop_timer(attempt)
         self._release(attempt)
         self._ended(run, attempt, value, exc)

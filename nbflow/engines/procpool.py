@@ -82,7 +82,7 @@ class ChildProcess:
         try:
             while (reply := self._conn.recv_bytes()).startswith(_SIDE):  # what the task shows while it runs
                 sidechannel.deliver(*cloudpickle.loads(reply[len(_SIDE) :]))
-            ok, value, tb = cloudpickle.loads(reply)
+            ok, value, tb, report = cloudpickle.loads(reply)
         except (EOFError, OSError):
             pid, code = self._proc.pid, self._reap()
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
@@ -90,6 +90,8 @@ class ChildProcess:
         if ok:
             return value
         value.__cause__ = RemoteTraceback(tb)
+        if report is not None:
+            context.report_failure(value, report)
         raise value
 
     def kill(self) -> None:
@@ -118,7 +120,7 @@ class ChildProcess:
 
 
 def _serve(conn: Any, parent: int) -> None:
-    """The child's loop: receive a payload, run it, send back ``(ok, value, traceback text)``."""
+    """The child's loop: receive a payload, run it, send back ``(ok, value, traceback text, report)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the notebook; the parent decides
     threading.Thread(target=_exit_with, args=(parent,), name="nbflow-parent-watch", daemon=True).start()
     sending = threading.Lock()  # side-channel messages come from a reporter thread, the reply from this one
@@ -171,10 +173,10 @@ def _run(data: bytes) -> bytes:
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         with context.running(ctx):
-            reply = (True, fn(*args, **kwargs), "")
+            reply = (True, fn(*args, **kwargs), "", None)
     except BaseException as exc:
         text = traceback.format_exc()
-        reply = (False, portable(exc, text), text)
+        reply = (False, portable(exc, text), text, context.take_report(exc))
     finally:
         for key, old in saved.items():
             if old is None:
@@ -186,4 +188,4 @@ def _run(data: bytes) -> bytes:
     except Exception as exc:  # an unpicklable result or exception
         what = "result" if reply[0] else f"exception {type(reply[1]).__name__}: {reply[1]}"
         err = RuntimeError(f"the task's {what} could not be sent back from the worker process: {exc}")
-        return cloudpickle.dumps((False, err, reply[2]))
+        return cloudpickle.dumps((False, err, reply[2], None))

@@ -141,7 +141,7 @@ class TaskCell:
                 outcome = "cancelled"
             elif fut.exception() is not None:
                 outcome, self.error = "error", fut.exception()
-                report = dict(getattr(self.error, "_nbflow_cell", None) or {})
+                report = dict(fut._report or {})
                 report.setdefault("traceback", summary(self.error))
             else:
                 outcome, result, self.cached = "finished", fut.result(), fut.cached

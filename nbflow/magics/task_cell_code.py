@@ -12,6 +12,7 @@ import traceback
 import uuid
 from typing import Any
 
+from .. import context
 from . import figures, per_thread_figures, task_display
 from .capture import Displays, capture, running_shell
 from .live import reporting
@@ -23,8 +24,9 @@ class CellCode:
     Returns ``{"outputs": {name: value}, "stdout": str, "stderr": str, "displays": [mimebundle], "value":
     mimebundle or None}``: ``displays`` are what it showed with ``display()``, ``plt.show()`` or figures it left
     open (each closed, so that no later cell shows it again).
-    On failure the exception is re-raised with ``exc._nbflow_cell = {"traceback", "stdout", "stderr"}``,
-    the traceback formatted where it ran, against the cell's own source and line numbers.
+    On failure the exception is re-raised, leaving ``{"traceback", "stdout", "stderr", "displays"}`` as the
+    attempt's report (``context.report_failure``), the traceback formatted where it ran, against the cell's own
+    source and line numbers.
     """
 
     def __init__(self, source: str, filename: str, outputs: tuple[str, ...], shows_value: bool) -> None:
@@ -55,12 +57,13 @@ class CellCode:
                 value = eval(last, namespace) if last is not None else None
                 shown = task_display.mimebundle(value) if value is not None else None
             except BaseException as exc:
-                exc._nbflow_cell = {  # type: ignore[attr-defined]
+                report = {
                     "traceback": self._format(exc),
                     "stdout": out.text(),
                     "stderr": err.text(),
                     "displays": _settled(displays),
                 }
+                context.report_failure(exc, report)
                 raise
             finally:
                 for bundle in figures.close_new(before, value):
