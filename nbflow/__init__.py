@@ -5,6 +5,7 @@ Only light modules are imported here; the Dask engine, the widget and the magics
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .context import TaskContext, current
@@ -15,16 +16,18 @@ from .errors import (
     LimitTimeout,
     NbflowError,
     NoSuchLimit,
+    OutOfMemory,
     RemoteError,
     ResourceSpecError,
     SchedulerUnreachable,
     TaskArgumentError,
+    TaskStopped,
     TaskTimeout,
     Unsatisfiable,
     UpstreamError,
     WorkerDied,
 )
-from .futures import Future, as_completed, gather, wait
+from .futures import STOP_GRACE, Future, as_completed, gather, wait
 from .machine_limits import LimitStatus, concurrency, limit, limits
 from .options import TaskOptions
 from .snapshot import Occupancy
@@ -40,6 +43,7 @@ __all__ = [
     "LimitsDirError",
     "NbflowError",
     "NoSuchLimit",
+    "OutOfMemory",
     "Occupancy",
     "RemoteError",
     "ResourceSpecError",
@@ -48,6 +52,7 @@ __all__ = [
     "TaskArgumentError",
     "TaskContext",
     "TaskOptions",
+    "TaskStopped",
     "TaskTimeout",
     "Unsatisfiable",
     "UpstreamError",
@@ -64,10 +69,18 @@ __all__ = [
     "load_ipython_extension",
     "monitor",
     "occupancy",
+    "stop",
     "task",
     "use",
     "wait",
 ]
+
+
+def stop(futures: Future | Iterable[Future], grace: float | str = STOP_GRACE) -> int:
+    """``Future.stop(grace)`` for each of ``futures`` (one future, or an iterable of them); returns how many are
+    cancelled or stopping. Returns at once: ``nbflow.wait(futures)`` waits until they have really stopped."""
+    items = [futures] if isinstance(futures, Future) else list(futures)
+    return sum(f.stop(grace) for f in items)
 
 
 def cache_entries() -> list[Any]:

@@ -52,6 +52,25 @@ class TaskTimeout(NbflowError, TimeoutError):
     """A task ran longer than its ``timeout``."""
 
 
+class TaskStopped(BaseException):
+    """Raised inside a task's thread when the task is stopped (``Future.stop``): a ``BaseException``, like
+    ``KeyboardInterrupt``, so that the task's ``except Exception`` does not swallow it; its ``finally`` blocks
+    run. The stopped task's future reads ``cancelled``."""
+
+
+class OutOfMemory(NbflowError):
+    """A ``processes=True`` task's child (with its own children) used more memory than the task's
+    ``max_memory``, and was killed; ``bound`` and ``peak`` are in bytes."""
+
+    def __init__(self, message: str, bound: int, peak: int) -> None:
+        super().__init__(message)
+        self.bound = bound
+        self.peak = peak
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.bound, self.peak))
+
+
 class LimitsDirError(NbflowError, OSError):
     """The limits directory is unusable (not writable, foreign-owned, no flock)."""
 

@@ -15,8 +15,11 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from .errors import TaskArgumentError, UpstreamError
+from .specs import duration
 
-STATUSES = ("pending", "waiting", "running", "finished", "error", "cancelled")
+STOP_GRACE = 3.0  # seconds a stopped task's child process has between SIGTERM and SIGKILL
+
+STATUSES = ("pending", "waiting", "running", "stopping", "finished", "error", "cancelled")
 
 _TOKEN = os.urandom(4).hex()
 _counter = itertools.count()
@@ -65,11 +68,13 @@ class Future(cf.Future):
         self._phase = "pending"
         self._report: dict | None = None
         self._on_cancel: Callable[[], object] | None = None
+        self._on_stop: Callable[[float], bool] | None = None
         self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
 
     @property
     def status(self) -> str:
-        """One of ``pending``, ``waiting`` (for a resource), ``running``, ``finished``, ``error``, ``cancelled``."""
+        """One of ``pending``, ``waiting`` (for a resource), ``running``, ``stopping`` (``stop()`` was asked and the
+        task has not really stopped yet), ``finished``, ``error``, ``cancelled``."""
         if not self.done():
             return self._phase
         if self.cancelled():
@@ -96,10 +101,26 @@ class Future(cf.Future):
             super().add_done_callback(fn)
 
     def cancel(self) -> bool:
+        """Cancel the task if it has not started (``concurrent.futures``' meaning); ``stop()`` stops it in any state."""
         first = self._mark_cancelled()
         if first and self._on_cancel is not None:
             self._on_cancel()
         return first or self.cancelled()
+
+    def stop(self, grace: float | str = STOP_GRACE) -> bool:
+        """Stop the task, whether it is pending, waiting for a resource, in a retry delay or running; it is not
+        retried, and its status becomes ``cancelled`` once it has really stopped (``stopping`` until then).
+
+        A ``processes=True`` task's child gets SIGTERM, then SIGKILL ``grace`` seconds later; a task in a thread
+        gets ``TaskStopped`` at its next Python bytecode (code stuck in a C call stops when the call returns).
+        Its limits, resources and GPUs are free once it has stopped. Returns True if the task is cancelled or
+        stopping, False if it had already finished or failed.
+        """
+        grace = duration(grace, "grace", zero_ok=True)
+        if self.done():
+            return self.cancelled()
+        hook = self._on_stop
+        return hook(grace) if hook is not None else self.cancel()
 
     # --- the engines' side: like ``set_running_or_notify_cancel``, only engine implementations call these ---------
 
@@ -115,6 +136,8 @@ class Future(cf.Future):
 
     def _mark_cancelled(self) -> bool:
         """Cancel without telling the engine (for the engine itself); True if this call cancelled it."""
+        if self._state == cf._base.CANCELLED_AND_NOTIFIED:  # notifying again would log CRITICAL
+            return False
         if not super().cancel():
             return False
         # No executor will notify it: wake wait() and as_completed() now. The first notifier gets False;
@@ -123,6 +146,18 @@ class Future(cf.Future):
             return not self.set_running_or_notify_cancel()
         except RuntimeError:
             return False
+
+    def _mark_stopped(self) -> bool:
+        """A future that may already be running ends cancelled (its task was stopped); True if this call did it."""
+        with self._condition:
+            if self._state not in (cf._base.PENDING, cf._base.RUNNING):
+                return False
+            self._state = cf._base.CANCELLED_AND_NOTIFIED
+            for waiter in self._waiters:
+                waiter.add_cancelled(self)
+            self._condition.notify_all()
+        self._invoke_callbacks()
+        return True
 
     def _claim(self) -> bool:
         """Pending -> running, like an executor's check; True if it runs (now or already), False if it was

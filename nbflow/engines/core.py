@@ -7,13 +7,17 @@ A failed attempt — an exception, a ``TaskTimeout``, a lost worker — goes bac
 future is set, once: *finished*, *error* or *cancelled*. A dependency that failed fails the run with
 ``UpstreamError``; it never runs.
 
+``fut.stop()`` ends a run in any state: one not running yet is cancelled at once; a running one is *stopping*
+while the engine stops its attempt (``_halt``), and is cancelled — not retried — once the attempt has ended.
+
 A run is in one ``State`` at a time; its current ``Attempt`` (``run.attempt``) is what the engine runs, and
 what the engine's reports name: a report about an attempt that is no longer current is ignored.
 
 What an engine implements: ``_place(run)`` (start ``run.attempt``, and report back through ``_waiting``,
 ``_queued``, ``_started`` and, once, ``_ended``), optionally ``_place_many`` (a batch), ``_argument`` (what a
 finished dependency becomes in the arguments), ``_check`` (refuse at submit what can never run), ``_holds``
-(what a direct call holds), ``_withdraw`` (a cancelled run), ``_shutdown`` and ``occupancy``.
+(what a direct call holds), ``_withdraw`` (a cancelled run), ``_halt`` (stop a running attempt), ``_shutdown``
+and ``occupancy``.
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class State(enum.Enum):
     PLACED = "placed", "pending"  # its attempt is placed: queued for a worker
     WAITING = "waiting", "waiting"  # its attempt waits for a resource
     RUNNING = "running", "running"  # its attempt runs
+    STOPPING = "stopping", "stopping"  # its attempt runs, and is being stopped (``fut.stop()``)
     DELAYED = "delayed", "pending"  # waiting out ``retry_delay`` before the next attempt
     FINISHED = "finished", "finished"
     ERROR = "error", "error"
@@ -70,14 +75,14 @@ class State(enum.Enum):
 
     def __init__(self, label: str, status: str) -> None:
         self.status = status
-        self.live = label in ("placed", "waiting", "running")
+        self.live = label in ("placed", "waiting", "running", "stopping")
         self.done = label in ("finished", "error", "cancelled")
 
 
 class Run:
     """One submitted task on its way through an engine; engines subclass it to add their own slots."""
 
-    __slots__ = ("task", "fut", "args", "kwargs", "has_deps", "attempt", "state", "counted")
+    __slots__ = ("task", "fut", "args", "kwargs", "has_deps", "attempt", "state", "counted", "stop_asked")
 
     def __init__(
         self, task: Runnable, fut: Future, args: tuple, kwargs: dict, has_deps: bool, attempt: Attempt
@@ -90,6 +95,7 @@ class Run:
         self.attempt = attempt  # the current one: placed, running, or next to run
         self.state = State.BLOCKED if has_deps else State.PLACED
         self.counted: bool = getattr(task, "counted", True)  # False: part of a task that is counted (a cell's output)
+        self.stop_asked = False  # ``fut.stop()`` came before the attempt was reported running: it must not run
 
     @property
     def name(self) -> str:
@@ -136,6 +142,10 @@ class Engine:
 
     def _withdraw(self, run: Run) -> None:
         """``run`` was cancelled before it ran: forget it (e.g. cancel it on a cluster)."""
+
+    def _halt(self, run: Run, attempt: Attempt, grace: float) -> None:
+        """Stop ``attempt``, which runs (``fut.stop()``); report ``_ended`` once it has really stopped. By default
+        nothing stops it: the run stays *stopping* until the attempt returns."""
 
     def _shutdown(self) -> None:
         """Stop placing attempts and release what the engine started; unplaced runs go to ``_abandon``."""
@@ -231,6 +241,7 @@ class Engine:
             substitute((args, kwargs), _placeholder)  # refuse an argument that cannot be rebuilt, now
         run = self.Run(task, fut, args, kwargs, has_deps, self.Attempt(0, fut.key, fut.name))
         fut._on_cancel = functools.partial(self._cancelled, run)
+        fut._on_stop = functools.partial(self._stop, run)
         return run
 
     def _future(self, name: str) -> Future:
@@ -292,7 +303,10 @@ class Engine:
             return False
         if worker is not None:
             run.fut.worker = worker
-        self._report(run, State.RUNNING)
+        with self._lock:
+            if run.stop_asked or not run.state.live:  # stopped meanwhile: ``_stop`` cancels the future
+                return False
+            self._to(run, State.RUNNING)
         return True
 
     def _report(self, run: Run, state: State) -> None:
@@ -303,19 +317,25 @@ class Engine:
                 self._to(run, state)
 
     def _ended(self, run: Run, attempt: Attempt, value: Any = None, exc: BaseException | None = None) -> None:
-        """The engine reports: ``attempt`` ended. Retry it, or settle the future. A report about an attempt that
-        already ended (a timeout fired first) is ignored."""
+        """The engine reports: ``attempt`` ended. Retry it, or settle the future (cancelled, if it was being
+        stopped). A report about an attempt that already ended (a timeout fired first) is ignored."""
         done = run.fut.done()  # (outside the engine's lock: the future's lock is taken first, when settling)
         with self._lock:
             if attempt is not run.attempt or not run.state.live:
                 return
-            delay = None if exc is None or self._closed or done else retry_delay(exc, attempt.number, run.task.options)
+            stopped = run.state is State.STOPPING
+            delay = None
+            if exc is not None and not (stopped or self._closed or done):
+                delay = retry_delay(exc, attempt.number, run.task.options)
             if delay is None:
-                self._to(run, State.FINISHED if exc is None else State.ERROR)
+                self._to(run, State.CANCELLED if stopped else State.FINISHED if exc is None else State.ERROR)
             else:
                 run.attempt = self.Attempt(attempt.number + 1, attempt.key, attempt.name)
                 run.fut.attempt = attempt.number + 1
                 self._to(run, State.DELAYED if delay > 0 else State.PLACED)
+        if stopped:
+            run.fut._mark_stopped()
+            return
         if delay is None:
             if exc is not None:
                 run.fut._report = attempt.report
@@ -363,9 +383,34 @@ class Engine:
     def _succeeded_unwatched(self, run: Run, value: Any) -> bool:
         """``_ended`` for a success, but only if no done-callback waits for it, because the caller is an event
         loop where user code must not run; True if handled (also when it was cancelled first)."""
+        if run.state is State.STOPPING:  # it ends cancelled: ``_ended``'s path
+            return False
         if not run.fut._set_result_unwatched(value, functools.partial(self._move, run, State.FINISHED)):
             return run.fut.cancelled()
         return True
+
+    def _stop(self, run: Run, grace: float) -> bool:
+        """``fut.stop(grace)``: see ``Future.stop``."""
+        with self._lock:
+            state = run.state
+            if state.done:
+                return state is State.CANCELLED
+            if state is State.STOPPING:
+                return True
+            running = state is State.RUNNING
+            if running:
+                self._to(run, State.STOPPING)
+            else:
+                run.stop_asked = True  # ``_started`` will not let its attempt run
+            attempt = run.attempt
+        if running:
+            self._halt(run, attempt, grace)
+            return True
+        if not run.fut.cancel() and run.fut._mark_stopped():  # claimed: a retry queued, delayed or about to start
+            self._cancelled(run)
+        if state in (State.PLACED, State.WAITING):  # it may have started where the engine has not seen it yet
+            self._halt(run, attempt, grace)
+        return run.fut.cancelled()
 
     def _cancelled(self, run: Run) -> None:
         """``fut.cancel()`` succeeded (the task had not started)."""
@@ -399,7 +444,7 @@ class Engine:
             self._counts[state.status] += 1
         run.state = state
         if state.done:
-            run.fut._on_cancel = None  # no cycle future -> run -> future: a dropped future is freed at once
+            run.fut._on_cancel = run.fut._on_stop = None  # no cycle future -> run: a dropped future is freed at once
         else:
             run.fut._phase = state.status
 

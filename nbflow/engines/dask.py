@@ -23,12 +23,13 @@ from ..errors import EngineConfigError, Unsatisfiable
 from ..futures import Future
 from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
-from .attempt import Reported
+from .attempt import Attempt, Reported
 from .core import Engine, Run
 from .dask_attempt_keys import attempt_key
 from .dask_cluster import connect
 from .dask_worker_events import SIDE_TOPIC, STARTED_TOPIC
 from .dask_worker_probe import probe
+from .dask_worker_stops import stop_attempt
 from .dask_worker_task import run_task
 
 _REMOTE = object()  # result placeholder: the value stays on the cluster until someone asks for it
@@ -209,6 +210,14 @@ class DaskEngine(Engine):
         dask_future = run.fut.dask
         if dask_future is not None:
             dask_future.cancel()
+
+    def _halt(self, run: Run, attempt: Attempt, grace: float) -> None:
+        """Have the worker running ``attempt`` raise ``TaskStopped`` in its thread (every worker is asked: the
+        message costs one round trip and waits for no answer). Its Dask task then fails, and ``_ended`` follows."""
+        try:
+            self.client.run(stop_attempt, attempt_key(run.fut.key, attempt.number), wait=False)
+        except Exception:  # the cluster is gone: the attempt ends with it
+            pass
 
     # -- fail fast on demands no worker can meet -----------------------------------------------------
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-import ctypes
+import functools
 import queue
 import threading
 import time
@@ -17,6 +17,7 @@ from ..options import Runnable
 from .attempt import Attempt
 from .core import bind
 from .dask_worker_secede import rejoin_once, secede_once
+from .thread_stop import StoppableCall
 
 
 class Relay:
@@ -57,13 +58,20 @@ class Relay:
 
 
 def run_with_deadline(
-    task: Runnable, args: tuple, kwargs: dict, engine: Any, attempt: Attempt, where: str, holds: Mapping[str, float]
+    task: Runnable,
+    args: tuple,
+    kwargs: dict,
+    engine: Any,
+    attempt: Attempt,
+    where: str,
+    holds: Mapping[str, float],
+    call: StoppableCall,
 ) -> Any:
-    """Run the task in a helper thread and raise ``TaskTimeout`` in this one at the deadline.
+    """Run the task in a helper thread (as ``call``) and raise ``TaskTimeout`` in this one at the deadline.
 
-    At the deadline the worker thread and the task's Dask resources are free at once; the helper gets an
-    asynchronous ``TaskTimeout`` that stops Python code at its next bytecode (a blocking C call finishes
-    first), and keeps the attempt's holdings (its machine-wide limits) until it has really stopped.
+    At the deadline the worker thread and the task's Dask resources are free at once; the helper gets
+    ``TaskTimeout`` at its next bytecode (``call.stop``: a blocking C call finishes first), and keeps the
+    attempt's holdings (its machine-wide limits) until it has really stopped.
     """
     timeout = task.options.timeout
     deadline = time.monotonic() + timeout
@@ -71,30 +79,20 @@ def run_with_deadline(
     relay = Relay()
     outcome: dict[str, Any] = {}
 
-    def finish() -> None:  # idempotent: a late TaskTimeout may interrupt it and make it run again
+    def helper() -> None:
+        bind(engine)
+        set_block_hook(relay.seceded)
+        try:
+            with context.running(current):
+                outcome["value"] = call.run(functools.partial(task.fn, *args, **kwargs))
+        except BaseException as exc:  # handed to the task thread, which raises it
+            outcome["error"], outcome["report"] = exc, context.take_report(exc)
         with relay.lock:
             outcome["finished"] = True
             orphaned = outcome.get("orphaned", [])
         for holding in orphaned:
             holding.release()
         relay.requests.put(None)
-
-    def helper() -> None:
-        bind(engine)
-        set_block_hook(relay.seceded)
-        try:
-            try:
-                with context.running(current):
-                    outcome["value"] = task.fn(*args, **kwargs)
-            except BaseException as exc:  # handed to the task thread, which raises it
-                outcome["error"], outcome["report"] = exc, context.take_report(exc)
-        finally:
-            while True:
-                try:
-                    finish()
-                    break
-                except TaskTimeout:
-                    continue
 
     thread = threading.Thread(target=helper, name=f"nbflow-{task.name}", daemon=True)
     thread.start()
@@ -108,8 +106,8 @@ def run_with_deadline(
         timed_out = not outcome.get("finished")
         if timed_out:
             outcome["orphaned"], attempt.holdings = attempt.holdings, []
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread.ident), ctypes.py_object(TaskTimeout))
     if timed_out:
+        call.stop(TaskTimeout)
         relay.close()
         raise TaskTimeout(f"task {task.name!r} ran longer than its timeout of {timeout:g} s")
     if "error" in outcome:

@@ -13,9 +13,10 @@ from typing import Any
 from distributed import get_worker
 
 from .. import context, devices, sidechannel
-from ..errors import portable
+from ..errors import TaskStopped, portable
 from ..futures import set_block_hook
 from ..options import Runnable
+from . import dask_worker_stops as stops
 from .attempt import Attempt, Reported
 from .core import bind
 from .dask_attempt_keys import task_key
@@ -31,7 +32,8 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     task's machine-wide ``limits``, enforce its ``timeout``.
 
     ``packed`` is the task cloudpickled by the client (see ``DaskEngine._place``). Dependencies arrive
-    already resolved by Dask. Retries are the client's: a failed attempt raises, and holds nothing after.
+    already resolved by Dask. Retries are the client's: a failed attempt raises, and holds nothing after. A
+    client stops it by its Dask key (``dask_worker_stops``): ``TaskStopped`` is raised in the function.
     """
     task = _unpack(packed)
     opts = task.options
@@ -41,6 +43,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     previous = bind(engine)
     set_block_hook(seceded)
     dask_key = starts.begin(worker)
+    call = stops.begin(dask_key)
     try:
         key, number = task_key(dask_key)
         attempt = Attempt(number, key, opts.name)
@@ -51,12 +54,16 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
             if opts.timeout is None:
                 saved = context.enter(attempt.context(where, holds))
                 try:
-                    return task.fn(*args, **kwargs)
+                    return call.run(functools.partial(task.fn, *args, **kwargs))
                 finally:
                     context.leave(saved)
-            return run_with_deadline(task, args, kwargs, engine, attempt, where, holds)
+            return run_with_deadline(task, args, kwargs, engine, attempt, where, holds, call)
         finally:
             attempt.release()
+    except TaskStopped:
+        if call.stopped:  # the client stopped it, and counts it cancelled: no error for Dask to log
+            return None
+        raise
     except Exception as exc:
         report = context.take_report(exc)
         sendable = portable(exc, traceback.format_exc())
@@ -66,6 +73,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
             raise
         raise sendable from None
     finally:
+        stops.end(dask_key)
         starts.end(dask_key)
         set_block_hook(None)
         bind(previous)

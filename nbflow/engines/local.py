@@ -29,6 +29,7 @@ from ..snapshot import Occupancy, ResourceUse, limits_snapshot
 from .attempt import Attempt
 from .core import Engine, Run, bind
 from .grants import Grants
+from .thread_stop import StoppableCall
 from .threadpool import ThreadPool
 from .timers import Timers
 
@@ -48,15 +49,17 @@ class _LocalRun(Run):
 
 
 class _LocalAttempt(Attempt):
-    """An attempt in a pool thread: also how its timeout stops it."""
+    """An attempt in a pool thread: also how its timeout and ``stop()`` stop it."""
 
-    __slots__ = ("timer", "lent", "child")
+    __slots__ = ("timer", "lent", "child", "call", "halted")
 
     def __init__(self, number: int, key: str, name: str) -> None:
         super().__init__(number, key, name)
         self.timer: list | None = None
         self.lent = False  # timed out while its thread still runs it: the thread's slot is lent out
         self.child: Any = None  # the child process running it (process pool)
+        self.call = StoppableCall()  # its function's call in the pool thread
+        self.halted = False  # ``stop()``: its child (if any) got SIGTERM and must not be reused
 
 
 class LocalEngine(Engine):
@@ -151,7 +154,7 @@ class LocalEngine(Engine):
                 attempt.timer = self._timeouts.call_later(timeout, functools.partial(self._timed_out, run, attempt))
             saved = context.enter(ctx)
             try:
-                value = call()
+                value = attempt.call.run(call)
             finally:
                 context.leave(saved)
         except BaseException as error:  # SystemExit, KeyboardInterrupt raised by the task end it too
@@ -180,7 +183,8 @@ class LocalEngine(Engine):
         run.fut.worker = f"{thread}/pid {child.start(env)}"
         ctx = context.of(*attempt.context(run.fut.worker, run.demands or {}, deadline))
         ctx = dataclasses.replace(ctx, gpus=tuple(range(len(attempt.gpus))))  # ordinals within the child's devices
-        attempt.child = child
+        with self._lock:
+            attempt.child = child
         keep = [h.fileno() for h in attempt.holdings]
         return functools.partial(child.run, fn, args, kwargs, env, keep, ctx), None
 
@@ -191,9 +195,12 @@ class LocalEngine(Engine):
                 self._timeouts.cancel(attempt.timer)
                 attempt.timer = None
             lent, attempt.lent = attempt.lent, False
-            attempt.child = None
+            child, attempt.child = attempt.child, None
         if lent:
             self._pool.unlend()
+        if child is not None and attempt.halted:  # it survived SIGTERM: a child that got one is not reused
+            self._local.child = None
+            child.close()
 
     def _timed_out(self, run: _LocalRun, attempt: _LocalAttempt) -> None:
         """In the timer thread: end the attempt now. A child process is killed (its share is released once it
@@ -210,6 +217,24 @@ class LocalEngine(Engine):
         timeout = run.task.options.timeout
         exc = TaskTimeout(f"task {run.name!r} ran longer than its timeout of {timeout:g} s")
         self._ended(run, attempt, exc=exc)
+
+    def _halt(self, run: _LocalRun, attempt: _LocalAttempt, grace: float) -> None:
+        """``stop()``: a child process gets SIGTERM, then SIGKILL after ``grace`` seconds (its share is released
+        once it is dead); a thread gets ``TaskStopped`` at its next bytecode (its share once it returns)."""
+        with self._lock:
+            attempt.halted = True
+            child = attempt.child
+        if child is None:
+            attempt.call.stop()
+            return
+        child.terminate()
+        self._timeouts.call_later(grace, functools.partial(self._kill_halted, attempt, child))
+
+    def _kill_halted(self, attempt: _LocalAttempt, child: Any) -> None:
+        """The grace period is over: SIGKILL the child if it still runs that attempt."""
+        with self._lock:
+            if attempt.child is child:
+                child.kill()
 
     def _release(self, attempt: Attempt) -> None:
         self._count_held(attempt.release(), -1)

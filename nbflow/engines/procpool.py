@@ -100,6 +100,12 @@ class ChildProcess:
         if proc is not None:
             proc.kill()
 
+    def terminate(self) -> None:
+        """SIGTERM the child (a stopped task): it exits unless the task handles the signal."""
+        proc = self._proc
+        if proc is not None:
+            proc.terminate()
+
     def close(self) -> None:
         """Ask the child to exit (it finishes nothing: it is idle when this is called) and reap it."""
         if self._proc is not None:
