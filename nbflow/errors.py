@@ -32,7 +32,7 @@ class LimitTimeout(NbflowError, TimeoutError):
 
 
 class UpstreamError(NbflowError):
-    """A dependency of this task failed, so the task never ran."""
+    """A dependency of this task failed or was cancelled (or stopped), so the task never ran."""
 
     def __init__(self, failed: str, cause: BaseException | None = None) -> None:
         self.failed = failed
@@ -40,8 +40,8 @@ class UpstreamError(NbflowError):
             self.origin: str = cause.origin
             super().__init__(f"upstream task {failed!r} failed: its upstream {self.origin}")
         else:
-            detail = f": {type(cause).__name__}: {cause}" if cause is not None else ""
-            self.origin = f"{failed!r} failed{detail}"
+            what = "was cancelled" if cause is None else f"failed: {type(cause).__name__}: {cause}"
+            self.origin = f"{failed!r} {what}"
             super().__init__(f"upstream task {self.origin}")
 
     def __reduce__(self):  # keep the task name across pickling (process pool, Dask)

@@ -83,15 +83,28 @@ class Future(cf.Future):
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():
-            with blocking():
+            with blocking(), self._interruptible():
                 return super().result(timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
-            with blocking():
+            with blocking(), self._interruptible():
                 return super().exception(timeout)
         return super().exception(timeout)
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """An interrupted wait (Kernel > Interrupt) stops the wait only: its traceback says how to stop the task."""
+        try:
+            yield
+        except KeyboardInterrupt as exc:
+            note = (
+                f"nbflow: only the wait was interrupted; task {self.name!r} keeps running: its future's .stop() "
+                "stops it (a task cell: %nbflow stop NAME)"
+            )
+            exc.__notes__ = [*getattr(exc, "__notes__", ()), note]  # (add_note, also on Python 3.10)
+            raise
 
     def add_done_callback(self, fn: Callable[[cf.Future], object]) -> None:
         # ``_condition`` is the base class's lock: no public API makes "no callback yet, so set the result
@@ -111,7 +124,8 @@ class Future(cf.Future):
         """Stop the task, whether it is pending, waiting for a resource, in a retry delay or running; it is not
         retried, and its status becomes ``cancelled`` once it has really stopped (``stopping`` until then).
 
-        A ``processes=True`` task's child gets SIGTERM, then SIGKILL ``grace`` seconds later; a task in a thread
+        A ``processes=True`` task's child gets SIGTERM, then SIGKILL ``grace`` seconds later (stopping it again
+        with a shorter grace, e.g. ``stop(grace=0)``, kills it sooner); a task in a thread
         gets ``TaskStopped`` at its next Python bytecode (code stuck in a C call stops when the call returns).
         Its limits, resources and GPUs are free once it has stopped. Returns True if the task is cancelled or
         stopping, False if it had already finished or failed.

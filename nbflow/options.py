@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .errors import ResourceSpecError
-from .specs import duration, parse_resources
+from .specs import byte_size, duration, parse_resources
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,7 +17,9 @@ class TaskOptions:
 
     On every engine: a failed attempt (an exception, a ``TaskTimeout``, a lost worker) is retried while
     ``retries`` remain, after ``retry_delay`` seconds during which the task holds nothing; ``timeout``
-    bounds each attempt from the moment it starts running.
+    bounds each attempt from the moment it starts running. ``max_memory`` (bytes) bounds the memory of a
+    ``processes=True`` attempt's process tree: past it the process is killed and the task fails with
+    ``OutOfMemory``, never retried; the engines that cannot bound it refuse it at submit.
     """
 
     name: str
@@ -26,6 +28,7 @@ class TaskOptions:
     retries: int = 0
     retry_delay: float = 0.0
     timeout: float | None = None
+    max_memory: int | None = None
     cache: bool = False
     cache_key: Callable[..., str] | None = None
     cache_expiration: float | None = None
@@ -41,6 +44,8 @@ class TaskOptions:
         object.__setattr__(self, "retry_delay", duration(self.retry_delay, "retry_delay", zero_ok=True))
         if self.timeout is not None:
             object.__setattr__(self, "timeout", duration(self.timeout, "timeout"))
+        if self.max_memory is not None:
+            object.__setattr__(self, "max_memory", byte_size(self.max_memory, "max_memory"))
         if not isinstance(self.cache, bool):
             raise ResourceSpecError(f"cache must be True or False, got {self.cache!r}")
         if self.cache_key is not None and not callable(self.cache_key):
@@ -61,6 +66,7 @@ class TaskOptions:
         return (
             TaskOptions,
             (self.name, dict(self.resources), dict(self.limits), self.retries, self.retry_delay, self.timeout)
+            + ((self.max_memory,) if self.max_memory is not None or self.cache else ())
             + ((self.cache, self.cache_key, self.cache_expiration) if self.cache else ()),
         )
 

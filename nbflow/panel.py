@@ -4,7 +4,9 @@ Imported on first use of ``nbflow.monitor()`` (it imports ``anywidget``); the su
 widget can run are in the light ``nbflow.render`` module.
 
 The kernel sends one snapshot per tick as a single synced trait, and only when something other than its
-timestamp changed; the front-end (``widgets/monitor.js``) computes "held for" from its own clock.
+timestamp changed; the front-end (``widgets/monitor.js``) computes "held for" from its own clock. With the
+engine's own occupancy, the snapshot lists the tasks that run (or are stopping), each with a stop button: a
+click sends ``{"stop": key}`` to the kernel, which calls that task's ``Future.stop()``.
 """
 
 from __future__ import annotations
@@ -31,10 +33,29 @@ def _asset(name: str) -> str:
     return importlib.resources.files("nbflow.widgets").joinpath(name).read_text(encoding="utf-8")
 
 
+RUNNING_ROWS = 50  # running tasks listed at most; the task counts say how many more there are
+
+
 def _occupancy() -> Mapping[str, Any]:
+    """The engine's occupancy, and the tasks it runs now (each row gets a stop button)."""
     from .engines import engine
 
-    return engine().occupancy()
+    eng = engine()
+    running = [
+        {"key": fut.key, "name": fut.name, "status": fut.status, "worker": fut.worker}
+        for fut in eng.running_futures()[:RUNNING_ROWS]
+    ]
+    return {**eng.occupancy(), "running": running}
+
+
+def stop_task(key: str) -> bool:
+    """Stop the running task whose future has ``key`` (the panel's stop button); False if none runs now."""
+    from .engines import engine
+
+    for fut in engine().running_futures():
+        if fut.key == key:
+            return fut.stop()
+    return False
 
 
 class Monitor(anywidget.AnyWidget):
@@ -53,6 +74,7 @@ class Monitor(anywidget.AnyWidget):
         self.source: Source = source or _occupancy
         super().__init__(snapshot=take_snapshot(self.source, {}))
         self._due = time.monotonic() + self.interval
+        self.on_msg(self._on_message)
         _poller.add(self)
 
     def refresh(self, snapshot: Mapping[str, Any] | None = None) -> bool:
@@ -63,6 +85,13 @@ class Monitor(anywidget.AnyWidget):
             return False
         self.snapshot = snap
         return True
+
+    def _on_message(self, _widget: Any, content: Any, _buffers: Any) -> None:
+        """A stop button was clicked: stop that task, and show its new status at once rather than next tick."""
+        key = content.get("stop") if isinstance(content, dict) else None
+        if isinstance(key, str):
+            stop_task(key)
+            _poller.wake(self)
 
     def close(self) -> None:
         """Stop refreshing (the shared poller stops with the last panel) and remove the views."""
@@ -107,6 +136,12 @@ class _Poller:
             self._wake.notify()
         if start is not None:  # outside the lock: a panel collected meanwhile (__del__ closes it) takes it too
             start.start()
+
+    def wake(self, panel: Monitor) -> None:
+        """Refresh ``panel`` now (from the poller's thread, which sends every update)."""
+        with self._wake:
+            panel._due = time.monotonic()
+            self._wake.notify()
 
     def remove(self, panel: Monitor) -> None:
         with self._wake:

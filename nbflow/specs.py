@@ -122,14 +122,63 @@ def parse_amount(name: str, text: str) -> float:
 
 
 def _parse_bytes(name: str, text: str) -> float:
-    if re.fullmatch(r"[0-9.]+(e[0-9]+)?\s*[A-Za-z]{1,3}", text):
+    value = _bytes_with_unit(text)
+    if math.isnan(value):
+        raise ResourceSpecError(f"amount of {name!r} must be a number > 0 such as 2, 0.5, 100e9 or 70GB, got {text!r}")
+    return value
+
+
+def _bytes_with_unit(text: str) -> float:
+    """``"70GB"``, ``"1.5 GiB"`` in bytes (Dask's ``parse_bytes``: decimal and binary units); NaN when malformed."""
+    if re.fullmatch(r"(?:[0-9]+\.?[0-9]*|\.[0-9]+)(e[0-9]+)?\s*[A-Za-z]{1,3}", text):
         from dask.utils import parse_bytes  # dask.utils is light; imported only for byte units
 
         try:
             return float(parse_bytes(text))
-        except ValueError:
+        except (ValueError, OverflowError):  # an unknown unit; "1e400GB" overflows int()
             pass
-    raise ResourceSpecError(f"amount of {name!r} must be a number > 0 such as 2, 0.5, 100e9 or 70GB, got {text!r}")
+    return math.nan
+
+
+MAX_BYTES = 10**15  # 1 PB: a larger memory bound is a typo
+
+
+def byte_size(value: object, what: str | None = None) -> int:
+    """``value`` as a whole number of bytes, 1 to ``MAX_BYTES``: an int (or any real number), or a string with a unit
+    (``"200MB"``, ``"2GB"``, ``"1.5 GiB"``) or without (bytes). Anything else — a bool, NaN, a duration, 0 — is a
+    one-line ``ResourceSpecError`` naming ``what``."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text)
+        except ValueError:
+            number = _bytes_with_unit(text)
+    elif isinstance(value, bool) or not isinstance(value, numbers.Real):
+        number = math.nan
+    else:
+        try:
+            number = float(value)
+        except OverflowError:  # an int like 10**400
+            number = math.inf
+    if 1 <= number <= MAX_BYTES:  # NaN fails
+        return int(number)
+    subject = f"{what} " if what else ""
+    raise ResourceSpecError(
+        f"{subject}must be a number of bytes from 1 to 1e15, or a size such as '200MB', '2GB' or '1.5 GiB',"
+        f" got {_shown(value)}"
+    )
+
+
+_SIZE_UNITS = ("B", "kB", "MB", "GB", "TB", "PB")
+
+
+def size_text(count: float) -> str:
+    """``count`` bytes for people, in the decimal units a bound is usually given in: ``412 MB``, ``1.5 GB``."""
+    value, unit = float(count), 0
+    while value >= 999.5 and unit < len(_SIZE_UNITS) - 1:
+        value /= 1000
+        unit += 1
+    return f"{value:.3g} {_SIZE_UNITS[unit]}"
 
 
 def parse_resources(spec: Mapping[str, object] | Iterable[str] | str | None) -> dict[str, float]:

@@ -247,7 +247,7 @@ def test_cancel_stops_a_task_that_has_not_started_but_not_a_running_one(engine, 
     dependent = nbflow.task(mark, name="dependent").submit(str(later_marks), [pending])
     assert pending.cancel() and pending.cancelled() and pending.status == "cancelled"
     assert not running.cancel()
-    with pytest.raises(nbflow.UpstreamError, match="upstream task 'pending' failed"):
+    with pytest.raises(nbflow.UpstreamError, match="upstream task 'pending' was cancelled"):
         dependent.result(60)
     Path(release).touch()
     assert running.result(60) == "done"

@@ -35,7 +35,8 @@ def test_interrupting_wait_keeps_the_task_which_rebinds_later(kernel):
     kernel.run('%%nbflow task\ngate.wait(300)\nv = 5\nprint("v computed")')
     ex = interrupt_while_blocked(kernel, 'print("blocking")\n%nbflow wait')
     assert ex.reply["traceback"] == [
-        "KeyboardInterrupt: stopped waiting; 1 task cell(s) keep running and rebind their outputs when done: v"
+        "KeyboardInterrupt: stopped waiting; 1 task cell(s) keep running and rebind their outputs when done: v "
+        "(%nbflow stop v stops them)"
     ]
     assert kernel.run("print(type(v).__name__, v.done())").stream("stdout") == "Future False\n"
     kernel.run("gate.set()")

@@ -1,8 +1,9 @@
 // The nbflow occupancy panel: draws the `snapshot` trait. Plain ES module, no build step.
 // The kernel sends a snapshot only when something changed; "held for" ticks here, on the browser's clock
 // corrected by the offset between it and the kernel's clock at the last snapshot.
+// Each running task listed has a stop button: a click sends {stop: key} to the kernel, which stops that task.
 
-const STATUSES = ["pending", "waiting", "running", "finished", "error", "cancelled"];
+const STATUSES = ["pending", "waiting", "running", "stopping", "finished", "error", "cancelled"];
 const BYTE_UNITS = ["kB", "MB", "GB", "TB", "PB"];
 const byName = new Intl.Collator(undefined, { numeric: true }); // worker 2 before worker 10
 
@@ -124,14 +125,38 @@ function limitRow(limit) {
       : null);
 }
 
+// One row per running (or stopping) task: name, status, worker, and a stop button. `asked` holds the keys of the
+// tasks whose button was clicked: they read "stopping" until the kernel's next snapshot says so itself.
+function runningRow(task, asked, stop) {
+  const stopping = task.status === "stopping" || asked.has(task.key);
+  const button = h("button", { class: "nbflow-stop", type: "button", title: `stop ${task.name}`,
+    "aria-label": `stop ${task.name}` }, stopping ? "stopping…" : "stop");
+  button.disabled = stopping;
+  button.addEventListener("click", () => stop(task.key));
+  return h("li", { class: `nbflow-run nbflow-${stopping ? "stopping" : "running"}`, "data-key": task.key,
+      "data-task": task.name, "data-status": stopping ? "stopping" : task.status },
+    h("span", { class: "nbflow-task" }, task.name),
+    h("span", { class: "nbflow-run-status" }, stopping ? "stopping" : task.status),
+    h("span", { class: "nbflow-run-worker" }, task.worker || ""),
+    button);
+}
+
 export default {
   render({ model, el }) {
     const clock = { offset: 0 }; // browser clock minus kernel clock, in seconds
     const head = h("div", { class: "nbflow-head" });
     const workers = h("div", { class: "nbflow-workers" });
+    const runningTitle = h("div", { class: "nbflow-section" }, "running tasks");
+    const running = h("ul", { class: "nbflow-running" });
     const limitsTitle = h("div", { class: "nbflow-section" }, "machine limits");
     const limits = h("div", { class: "nbflow-limits" });
-    el.append(h("div", { class: "nbflow-monitor" }, head, workers, limitsTitle, limits));
+    el.append(h("div", { class: "nbflow-monitor" }, head, workers, runningTitle, running, limitsTitle, limits));
+    const asked = new Set(); // keys of the tasks whose stop button was clicked
+    const stop = (key) => {
+      asked.add(key);
+      model.send({ stop: key });
+      draw();
+    };
 
     const tickHeld = () => {
       const now = Date.now() / 1000 - clock.offset;
@@ -145,6 +170,14 @@ export default {
       head.replaceChildren(...header(snap).filter(Boolean));
       const list = [...(snap.workers || [])].sort((a, b) => byName.compare(String(a.name), String(b.name)));
       workers.replaceChildren(...(list.length ? [workerTable(list)] : [])); // the scroll box itself stays
+      const tasks = snap.running || []; // (a snapshot from another source may not list them)
+      const listed = new Set(tasks.map((task) => task.key));
+      for (const key of asked) if (!listed.has(key)) asked.delete(key); // stopped: its row is gone
+      const counts = snap.tasks || {};
+      const more = snap.running ? (counts.running || 0) + (counts.stopping || 0) - tasks.length : 0;
+      runningTitle.hidden = tasks.length === 0;
+      running.replaceChildren(...tasks.map((task) => runningRow(task, asked, stop)),
+        ...(more > 0 ? [h("li", { class: "nbflow-run-more" }, `and ${more} more`)] : []));
       const rows = (snap.limits || []).map(limitRow);
       limitsTitle.hidden = rows.length === 0;
       limits.replaceChildren(...rows);

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from .. import devices
+from ..errors import OutOfMemory
 
 
 class Attempt:
@@ -64,7 +65,10 @@ class Reported(Exception):
 
 def retry_delay(exc: BaseException, number: int, options: Any) -> float | None:
     """After attempt ``number`` raised ``exc``: the seconds to wait before the next attempt, or ``None`` if there
-    is none (``retries`` spent, or ``exc`` is not an ``Exception``: an interrupt or an exit ends the task)."""
-    if isinstance(exc, Exception) and number < options.retries:
+    is none (``retries`` spent, or ``exc`` is not an ``Exception``: an interrupt or an exit ends the task).
+
+    ``OutOfMemory`` is never retried: the same call on the same inputs allocates as much again, so a retry would
+    only press the machine's memory once more before being killed the same way."""
+    if isinstance(exc, Exception) and not isinstance(exc, OutOfMemory) and number < options.retries:
         return options.retry_delay
     return None

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ..snapshot import Occupancy
 
 _bound = threading.local()  # the engine bound to this thread, e.g. inside a task
+_ACTIVE = ("running", "stopping")  # the statuses of the runs ``running_futures`` lists
 
 
 def bind(eng: Any) -> Any:
@@ -115,6 +116,7 @@ class Engine:
         self._delays = Timers(name)  # retry delays; its thread starts with the first delay
         self._delayed: dict[Run, list] = {}  # runs waiting out a retry delay -> their timer entries
         self._blocked: set[Run] = set()  # runs waiting for their dependencies
+        self._active: dict[Run, None] = {}  # counted runs running or stopping, in the order they started
         self._closed = False
         self.cuda_visible = os.environ.get("CUDA_VISIBLE_DEVICES")  # read once: see ``nbflow.devices``
 
@@ -395,9 +397,7 @@ class Engine:
             state = run.state
             if state.done:
                 return state is State.CANCELLED
-            if state is State.STOPPING:
-                return True
-            running = state is State.RUNNING
+            running = state in (State.RUNNING, State.STOPPING)  # stopping: asked again, e.g. with a shorter grace
             if running:
                 self._to(run, State.STOPPING)
             else:
@@ -422,9 +422,9 @@ class Engine:
         self._withdraw(run)
 
     def _abandon(self, run: Run) -> None:
-        """End a run the engine will not run (closed, or cancelled on a cluster): cancelled if it never started,
-        else an error."""
-        if run.fut._mark_cancelled():
+        """End a run the engine will not run (closed, or cancelled on a cluster): cancelled if it never started or
+        was being stopped, else an error."""
+        if run.fut._mark_cancelled() or (run.state is State.STOPPING and run.fut._mark_stopped()):
             self._move(run, State.CANCELLED)
         else:
             self._settle(run, exc=RuntimeError(f"task {run.name!r} did not finish: its engine was closed"))
@@ -442,6 +442,10 @@ class Engine:
         if run.counted and old.status != state.status:
             self._counts[old.status] -= 1
             self._counts[state.status] += 1
+            if state.status in _ACTIVE:
+                self._active[run] = None
+            elif old.status in _ACTIVE:
+                del self._active[run]
         run.state = state
         if state.done:
             run.fut._on_cancel = run.fut._on_stop = None  # no cycle future -> run: a dropped future is freed at once
@@ -452,6 +456,12 @@ class Engine:
         """How many runs of this engine are in each status."""
         with self._lock:
             return dict(self._counts)
+
+    def running_futures(self) -> list[Future]:
+        """The futures of this engine's tasks that run now or are stopping, in the order they started (the
+        panel lists them, each with a stop button)."""
+        with self._lock:
+            return [run.fut for run in self._active]
 
 
 def _placeholder(_: Future) -> None:

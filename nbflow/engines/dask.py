@@ -222,6 +222,12 @@ class DaskEngine(Engine):
     # -- fail fast on demands no worker can meet -----------------------------------------------------
 
     def _check(self, task: Runnable) -> None:
+        if task.options.max_memory is not None:  # a worker's tasks share its process: no per-task bound is possible
+            raise EngineConfigError(
+                f"task {task.name!r} has max_memory, which the Dask engine cannot bound per task: a worker's memory is"
+                " bounded by its nanny (dask worker --memory-limit 4GB), and a task whose worker its nanny killed"
+                " fails with WorkerDied, the nanny's reason in the message; drop max_memory here"
+            )
         self.check(task.options.resources, task.name)
 
     def check(self, demand: Mapping[str, float], name: str = "task") -> None:

@@ -8,6 +8,9 @@ from collections.abc import Iterator
 
 from distributed import rejoin, secede
 
+from ..errors import LimitTimeout, TaskStopped
+from .thread_stop import StoppableCall
+
 _state = threading.local()  # per task thread: depth of nested waits, so we secede and rejoin once
 
 
@@ -34,8 +37,18 @@ def seceded() -> Iterator[None]:
         rejoin_once()
 
 
-def acquire_limits(demands: dict, name: str) -> list:
+STOP_POLL = 0.5  # seconds a wait for a limit blocks before it looks whether the task was stopped meanwhile
+
+
+def acquire_limits(demands: dict, name: str, call: StoppableCall) -> list:
+    """The task's machine-wide limits; ``TaskStopped`` if ``call`` is stopped while it waits for them (its thread,
+    blocked in the wait, would not see an exception raised in it before the limits came)."""
     from ..machine_limits import acquire_all
 
     with seceded():  # waiting for a machine-wide limit must not hold a worker thread
-        return acquire_all(demands, task=name)
+        while True:
+            try:
+                return acquire_all(demands, timeout=STOP_POLL, task=name)
+            except LimitTimeout:
+                if call.stopped:
+                    raise TaskStopped(f"task {name!r} was stopped while it waited for its limits") from None

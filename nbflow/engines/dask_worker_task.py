@@ -47,7 +47,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     try:
         key, number = task_key(dask_key)
         attempt = Attempt(number, key, opts.name)
-        attempt.holdings = acquire_limits(opts.limits, opts.name) if opts.limits else []
+        attempt.holdings = acquire_limits(opts.limits, opts.name, call) if opts.limits else []
         try:
             _pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
             where, holds = str(worker.name), opts.held() if opts.limits else opts.resources

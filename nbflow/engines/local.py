@@ -90,6 +90,10 @@ class LocalEngine(Engine):
 
     def _check(self, task: Runnable) -> None:
         opts = task.options
+        if opts.max_memory is not None:  # (the watch's module is imported only for a bounded task)
+            from .memory_watch import check_watchable
+
+            check_watchable(task.name, self.processes)
         if opts.resources or opts.limits:
             demands = task.options.held()
             check_demands(demands)
@@ -186,7 +190,12 @@ class LocalEngine(Engine):
         with self._lock:
             attempt.child = child
         keep = [h.fileno() for h in attempt.holdings]
-        return functools.partial(child.run, fn, args, kwargs, env, keep, ctx), None
+        bound, watch = run.task.options.max_memory, None
+        if bound is not None:
+            from .memory_watch import watcher_of
+
+            watch = functools.partial(watcher_of(self).watch, bound, run.name)
+        return functools.partial(child.run, fn, args, kwargs, env, keep, ctx, watch), None
 
     def _stop_timer(self, attempt: _LocalAttempt) -> None:
         """The attempt returned: disarm its timeout, and take back the slot if the timeout had lent it."""
@@ -220,14 +229,16 @@ class LocalEngine(Engine):
 
     def _halt(self, run: _LocalRun, attempt: _LocalAttempt, grace: float) -> None:
         """``stop()``: a child process gets SIGTERM, then SIGKILL after ``grace`` seconds (its share is released
-        once it is dead); a thread gets ``TaskStopped`` at its next bytecode (its share once it returns)."""
+        once it is dead; stopped again, only the shorter grace counts); a thread gets ``TaskStopped`` at its next
+        bytecode (its share once it returns)."""
         with self._lock:
-            attempt.halted = True
+            again, attempt.halted = attempt.halted, True
             child = attempt.child
-        if child is None:
-            attempt.call.stop()
-            return
-        child.terminate()
+            if child is None:  # under the lock: a child set after this cannot start the call, which now refuses
+                attempt.call.stop()
+                return
+        if not again:
+            child.terminate()
         self._timeouts.call_later(grace, functools.partial(self._kill_halted, attempt, child))
 
     def _kill_halted(self, attempt: _LocalAttempt, child: Any) -> None:

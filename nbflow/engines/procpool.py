@@ -18,13 +18,16 @@ import struct
 import threading
 import time
 import traceback
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import cloudpickle
 
 from .. import context, sidechannel
 from ..errors import WorkerDied, portable
+
+if TYPE_CHECKING:
+    from .memory_watch import Watched
 
 _SIDE = b"nbflow-side:"  # leads a side-channel message in the child's replies (a pickle starts with 0x80)
 
@@ -65,13 +68,22 @@ class ChildProcess:
         return self._proc.pid
 
     def run(
-        self, fn: Any, args: tuple, kwargs: dict, env: dict[str, str], keep: Sequence[int] = (), ctx: Any = None
+        self,
+        fn: Any,
+        args: tuple,
+        kwargs: dict,
+        env: dict[str, str],
+        keep: Sequence[int] = (),
+        ctx: Any = None,
+        watch: Callable[[int], Watched] | None = None,
     ) -> Any:
         """Run ``fn(*args, **kwargs)`` in the child with ``env`` set and ``ctx`` as ``nbflow.current()``; its
         exception is re-raised here.
 
         ``keep`` are the locked slot-file descriptors of the shares the task holds: the child holds copies
         while it runs, so if this process dies first, the shares stay taken until the child is gone too.
+        ``watch(pid)`` (a task's ``max_memory``) watches the child's memory while it runs the task; if the
+        watch killed it, ``OutOfMemory`` is raised here.
         """
         self.start(env)
         self._conn.send_bytes(struct.pack("!I", len(keep)))
@@ -79,14 +91,23 @@ class ChildProcess:
             with socket.socket(fileno=os.dup(self._conn.fileno())) as sock:
                 socket.send_fds(sock, [b"F"], list(keep))
         self._conn.send_bytes(cloudpickle.dumps((fn, args, kwargs, env, ctx)))
+        watched = watch(self._proc.pid) if watch is not None else None
         try:
             while (reply := self._conn.recv_bytes()).startswith(_SIDE):  # what the task shows while it runs
                 sidechannel.deliver(*cloudpickle.loads(reply[len(_SIDE) :]))
             ok, value, tb, report = cloudpickle.loads(reply)
         except (EOFError, OSError):
+            ok = None  # it died
+        finally:
+            if watched is not None:
+                watched.end()  # (before any reap: the watch never signals a pid the system may have reused)
+        if watched is not None and watched.over:  # killed for its memory (perhaps just as it replied)
+            self._reap()
+            raise watched.error()
+        if ok is None:
             pid, code = self._proc.pid, self._reap()
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            raise WorkerDied(f"the worker process (pid {pid}) died with {how} while running the task") from None
+            raise WorkerDied(f"the worker process (pid {pid}) died with {how} while running the task")
         if ok:
             return value
         value.__cause__ = RemoteTraceback(tb)

@@ -308,8 +308,8 @@ class Limit:
                 self.check(amount)  # refuse what can never be granted before queueing
                 check_tree(self.name, self.dir)
                 marker = self._mark_waiting(amount, task, budget)
+                locked = True  # before the wait: an exception raised as it returns (a stopped task's) still unlocks
                 self._wait_gate(gate, budget)
-                locked = True
             fifo = -1
             capacity = self._last if waited is False and self._last is not None else self.check(amount)
             while True:

@@ -13,7 +13,8 @@ from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import ResourceSpecError
-from ..specs import check_name, duration, parse_amount, parse_resources
+from ..futures import STOP_GRACE
+from ..specs import byte_size, check_name, duration, parse_amount, parse_resources
 
 
 def _count(minimum: int) -> Callable[[str], int]:
@@ -30,11 +31,22 @@ def _count(minimum: int) -> Callable[[str], int]:
     return parse
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, zero_ok: bool = False) -> float:
     try:
-        return duration(text, text=True)
+        return duration(text, zero_ok=zero_ok, text=True)
     except ResourceSpecError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _size(text: str) -> int:
+    try:
+        return byte_size(text)
+    except ResourceSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _grace(text: str) -> float:
+    return _seconds(text, zero_ok=True)
 
 
 _RESOURCES_HELP = "Dask-style resources, e.g. GPU=1 MEMORY=2GB (also GPU=1,MEMORY=2GB)."
@@ -90,7 +102,22 @@ def wait():
 @argument("names", nargs="*", metavar="NAME", help="Task cells (or their output variables) to cancel.")
 @argument("--all", action="store_true", help="Cancel every unfinished task cell.")
 def cancel():
-    """Cancel task cells that have not started yet."""
+    """Cancel task cells that have not started yet (%nbflow stop stops running ones too)."""
+
+
+@magic_arguments("nbflow stop")
+@argument("names", nargs="*", metavar="NAME", help="Task cells (or their output variables) to stop.")
+@argument("--all", action="store_true", help="Stop every unfinished task cell.")
+@argument(
+    "--grace",
+    type=_grace,
+    metavar="SECONDS",
+    default=STOP_GRACE,
+    help=f"For processes=True: seconds between SIGTERM and SIGKILL (default {STOP_GRACE:g}).",
+)
+def stop():
+    """Stop task cells, queued or running: a thread gets TaskStopped at its next bytecode, a child process
+    SIGTERM (then SIGKILL after --grace seconds); each reads 'stopping' until it has stopped, then 'cancelled'."""
 
 
 @magic_arguments("nbflow task")
@@ -99,6 +126,12 @@ def cancel():
 @argument("--limits", nargs="+", metavar="NAME=AMOUNT", help="Machine-wide limits held while it runs, e.g. gpu=1.")
 @argument("--retries", type=_count(0), metavar="N", default=0, help="Re-runs after a failure (default 0).")
 @argument("--timeout", type=_seconds, metavar="SECONDS", help="Fail with TaskTimeout after SECONDS (or 90s, 5m).")
+@argument(
+    "--max-memory",
+    type=_size,
+    metavar="SIZE",
+    help="Fail with OutOfMemory once its process uses more than SIZE (e.g. 2GB); needs use local --processes.",
+)
 @argument("--block", action="store_true", help="Wait for the task and show its output like an ordinary cell.")
 @argument("--cache", action="store_true", help="Reuse the stored result of an unchanged cell with unchanged inputs.")
 def task():
@@ -115,9 +148,10 @@ LINE_COMMANDS = {
     "monitor": monitor,
     "wait": wait,
     "cancel": cancel,
+    "stop": stop,
 }
 ENGINES = {"local": use_local, "dask": use_dask}
-_ALL = (use_local, use_dask, limit, limits, status, monitor, wait, cancel, task)
+_ALL = (use_local, use_dask, limit, limits, status, monitor, wait, cancel, stop, task)
 
 HELP = (
     "nbflow magics: run notebook cells as background tasks on the local engine or a Dask cluster.\n\n"

@@ -65,6 +65,8 @@ class TaskCell:
         self.inbox = Inbox(LIVE_LINES)  # what it shows while it runs, wherever it runs
         self.settled = threading.Event()
         self.outcome = ""  # "finished" | "error" | "cancelled" once settled
+        self.ran = False  # once settled: an attempt had started (a cancelled cell was stopped, not just cancelled)
+        self.interrupted = False  # a wait on it was interrupted: its status line says how to stop it
         self.error: BaseException | None = None
         self.report: dict[str, Any] = {}  # stdout, stderr, traceback, value once settled
         self.cached: Any = None  # the cache entry its result was read from, if it did not run
@@ -105,23 +107,31 @@ class TaskCell:
                 self._draw()
 
     def state(self) -> str:
-        """The status line: queued / waiting for GPU / running on worker X / done in 3.2 s / failed ..."""
+        """The status line: queued / waiting for GPU / running on worker X / stopping / done in 3.2 s / failed ..."""
         took = f"{self._ended - self._submitted:.1f} s"
         if self.cached is not None and self.outcome == "finished":
             made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.cached.created))
             return f"cached (run of {made}, which took {self.cached.duration:.1f} s)"
+        if self.outcome == "cancelled" and self.ran:
+            return f"cancelled: stopped after {took}"
         if self.outcome:
             return {"finished": f"done in {took}", "error": f"failed after {took}"}.get(self.outcome, self.outcome)
         fut = self.future
         if fut is None:
             return "submitting"
         status = fut.status
+        if status == "stopping":  # until its attempt has really ended (a thread in a C call: until the call returns)
+            return f"stopping on {fut.worker}" if fut.worker else "stopping"
         if status == "waiting":
-            return "waiting for " + ", ".join({**self.options.resources, **self.options.limits})
-        if status == "running":
-            return f"running on {fut.worker}" if fut.worker else "running"
-        upstream = [dep.name for dep in self.upstream if not dep.done()]
-        return f"waiting for {', '.join(dict.fromkeys(upstream))}" if upstream else "queued"
+            line = "waiting for " + ", ".join({**self.options.resources, **self.options.limits})
+        elif status == "running":
+            line = f"running on {fut.worker}" if fut.worker else "running"
+        else:
+            upstream = [dep.name for dep in self.upstream if not dep.done()]
+            line = f"waiting for {', '.join(dict.fromkeys(upstream))}" if upstream else "queued"
+        if self.interrupted:
+            line += f" (the wait was interrupted, not the task: %nbflow stop {self.name} stops it)"
+        return line
 
     def refresh(self) -> None:
         """Redraw the status line, and what the cell showed so far, if they changed (called by the ticker)."""
@@ -139,6 +149,7 @@ class TaskCell:
             report: dict[str, Any] = {}
             if fut.cancelled():
                 outcome = "cancelled"
+                self.ran = fut.worker is not None
             elif fut.exception() is not None:
                 outcome, self.error = "error", fut.exception()
                 report = dict(fut._report or {})
@@ -184,6 +195,15 @@ class TaskCell:
         """Cancel the cell if it has not started; its outputs' futures then fail with ``UpstreamError``."""
         fut = self.future
         return fut is not None and fut.cancel()
+
+    def stop(self, grace: float) -> str:
+        """Stop the cell in any state (``Future.stop``); its outputs' futures then fail with ``UpstreamError``.
+        Returns its status when asked (``running``, ``pending``, ...), or how it had ended (``finished``, ...)."""
+        fut = self.future
+        if fut is None:  # settled
+            return self.outcome
+        before = fut.status
+        return before if fut.stop(grace) else fut.status
 
 
 class SubmittedCells:

@@ -117,6 +117,24 @@ class NbflowMagics(Magics):
         note = f"; already running or done: {', '.join(kept)}" if kept else ""
         print(f"nbflow: cancelled {len(cells) - len(kept)} task cell(s){note}")
 
+    def _stop(self, rest: str) -> None:
+        parsed = args.parse(args.stop, rest)
+        if parsed.all == bool(parsed.names):
+            raise UsageError("%nbflow stop: name the task cells to stop, or use --all (not both)")
+        cells = self.cells.unfinished() if parsed.all else list(dict.fromkeys(self.cells.find(parsed.names)))
+        if not cells:
+            print("nbflow: no unfinished task cells to stop")
+            return
+        stopping, done = [], []
+        for cell in cells:
+            before = cell.stop(parsed.grace)
+            if before in _STOPPED:
+                stopping.append(f"{cell.name} ({_STOPPED[before]})")
+            else:
+                done.append(f"{cell.name} ({before or 'finished'})")
+        note = f"; already done: {', '.join(done)}" if done else ""
+        print(f"nbflow: stopping {len(stopping)} task cell(s): {', '.join(stopping) or '-'}{note}")
+
     # --- the task cell ----------------------------------------------------------------------------------
 
     def _task(self, rest: str, body: str) -> Any:
@@ -136,6 +154,7 @@ class NbflowMagics(Magics):
             limits=args.resources("--limits", parsed.limits),
             retries=parsed.retries,
             timeout=parsed.timeout,
+            max_memory=parsed.max_memory,
             cache=parsed.cache,
         )
         cell = TaskCell(shell, options, plan, CellCode(source, filename, plan.outputs, plan.shows_value))
@@ -189,6 +208,9 @@ class NbflowMagics(Magics):
         failed = [f"{cell.name} ({type(cell.error).__name__})" for cell in cells if cell.error is not None]
         if failed:
             print(f"nbflow: {len(failed)} task cell(s) failed: {', '.join(failed)}", file=sys.stderr)
+        cancelled = [cell.name + (" (stopped)" if cell.ran else "") for cell in cells if cell.outcome == "cancelled"]
+        if cancelled:
+            print(f"nbflow: {len(cancelled)} task cell(s) cancelled: {', '.join(cancelled)}", file=sys.stderr)
 
 
 def _cell_number(shell: Any) -> int:
@@ -197,9 +219,22 @@ def _cell_number(shell: Any) -> int:
     return len(history.input_hist_parsed) - 1 if history is not None else shell.execution_count
 
 
+# ``%nbflow stop``'s line: what stopping did, by the cell's status when asked
+_STOPPED = {
+    "running": "was running: cancelled once it has stopped",
+    "stopping": "already stopping",
+    "waiting": "had not started: cancelled",
+    "pending": "had not started: cancelled",
+}
+
+
 def _interrupted(cells: list[TaskCell]) -> str:
-    running = [cell.name for cell in cells if not cell.settled.is_set()]
+    """The interrupted wait's message; the status lines of the cells that keep running say how to stop them."""
+    running = [cell for cell in cells if not cell.settled.is_set()]
+    for cell in running:
+        cell.interrupted = True
+    names = [cell.name for cell in running]
     return (
-        f"KeyboardInterrupt: stopped waiting; {len(running)} task cell(s) keep running and rebind their "
-        f"outputs when done: {', '.join(running)}"
+        f"KeyboardInterrupt: stopped waiting; {len(names)} task cell(s) keep running and rebind their "
+        f"outputs when done: {', '.join(names)} (%nbflow stop {' '.join(names)} stops them)"
     )

@@ -1,0 +1,541 @@
+"""``Future.stop()`` and ``nbflow.stop()`` on every engine: a stopped task ends cancelled, is not retried, fails its
+dependents with ``UpstreamError``, and its shares are free once it has really stopped."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from _dask_procs import DaskProcs, wait_until
+from limits_helpers import gpu_used, wait_for
+
+import nbflow
+
+WAIT = 60.0  # seconds: a generous deadline for whatever is not a bound under test (CI is a busy 2-core box)
+
+
+@pytest.fixture(autouse=True)
+def no_unexpected_state(caplog):
+    """No future is notified twice: ``concurrent.futures`` logs that as CRITICAL "unexpected state"."""
+    caplog.set_level(logging.CRITICAL, logger="concurrent.futures")
+    yield
+    bad = [r.getMessage() for r in caplog.records if r.levelno >= logging.CRITICAL]
+    assert not bad, bad
+
+
+def spin_forever() -> None:
+    """A pure-Python loop: stoppable only at a bytecode."""
+    n = 0
+    while True:
+        n += 1
+
+
+# --- local threads ---------------------------------------------------------------------------------------------
+
+
+def test_a_thread_in_a_python_loop_runs_its_finally_frees_its_share_and_is_never_retried():
+    nbflow.use("local", workers=2)
+    nbflow.limit("GPU", 1)
+    entered, cleaned, release = threading.Event(), threading.Event(), threading.Event()
+    attempts = []
+    swallowed = []
+
+    @nbflow.task(resources={"GPU": 1}, retries=3)
+    def loop():
+        attempts.append(nbflow.current().attempt)
+        try:
+            try:
+                entered.set()
+                spin_forever()
+            except Exception as exc:  # user code's broad except must not swallow the stop
+                swallowed.append(exc)
+        finally:
+            cleaned.set()
+            assert release.wait(WAIT)  # a C call: the task is still stopping, holding its share
+
+    @nbflow.task
+    def dependent(x):
+        return x
+
+    @nbflow.task(resources={"GPU": 1})
+    def next_holder():
+        return gpu_used()
+
+    fut = loop.submit()
+    after = dependent.submit(fut)
+    assert entered.wait(WAIT)
+    wait_for(lambda: fut.status == "running", WAIT)
+    assert fut.stop() is True
+    assert cleaned.wait(WAIT)  # its finally ran
+    assert fut.status == "stopping" and not fut.done()
+    assert gpu_used() == 1  # still held: it has not really stopped
+    counts = nbflow.engine().task_counts()
+    assert counts["stopping"] == 1 and counts["running"] == 0
+    assert fut.stop() is True  # asking again changes nothing
+    release.set()
+    with pytest.raises(cf.CancelledError):
+        fut.result(WAIT)
+    assert fut.cancelled() and fut.status == "cancelled"
+    assert isinstance(after.exception(WAIT), nbflow.UpstreamError)
+    assert attempts == [0] and swallowed == []  # never retried, the except Exception saw nothing
+    assert next_holder.submit().result(WAIT) == 1  # the share was free: the next holder took it
+    wait_for(lambda: gpu_used() == 0, WAIT)
+    counts = nbflow.engine().task_counts()
+    assert counts["cancelled"] == 1 and counts["stopping"] == 0 and counts["error"] == 1
+
+
+def test_a_thread_stuck_in_a_c_call_reads_stopping_and_keeps_its_share_until_the_call_returns():
+    nbflow.use("local", workers=1)
+    nbflow.limit("GPU", 1)
+    entered, release = threading.Event(), threading.Event()
+    after_the_call = []
+
+    @nbflow.task(resources={"GPU": 1})
+    def stuck():
+        entered.set()
+        release.wait(WAIT)  # one C call (a lock acquire): no bytecode runs until it returns
+        after_the_call.append("ran on")  # never: TaskStopped comes at the first bytecode after the call
+
+    @nbflow.task(resources={"GPU": 1})
+    def next_holder():
+        return "next"
+
+    fut = stuck.submit()
+    assert entered.wait(WAIT)
+    wait_for(lambda: fut.status == "running", WAIT)
+    waiting = next_holder.submit()
+    wait_for(lambda: waiting.status == "waiting", WAIT)
+    assert fut.stop(grace=0)
+    assert not fut.done() and fut.status == "stopping"
+    assert gpu_used() == 1 and waiting.status == "waiting"
+    release.set()
+    with pytest.raises(cf.CancelledError):
+        fut.result(WAIT)
+    assert waiting.result(WAIT) == "next"
+    assert after_the_call == []
+    wait_for(lambda: gpu_used() == 0, WAIT)
+
+
+def test_a_thread_stopped_while_it_queues_in_nbflow_concurrency_leaves_the_limit_usable_by_others():
+    """The stop lands as the wait for the limit's gate returns, inside nbflow's own code: the gate is unlocked."""
+    nbflow.use("local", workers=2)
+    nbflow.limit("X", 1)
+    first = nbflow.machine_limits.acquire("X")
+    head = cf.ThreadPoolExecutor(1)
+    second = head.submit(nbflow.machine_limits.acquire, "X")  # the head of the queue: holds the gate as it waits
+
+    @nbflow.task
+    def third():
+        with nbflow.concurrency("X"):  # blocks on the gate, behind the head
+            return "never"
+
+    fut = third.submit()
+    wait_for(lambda: [lim.waiting for lim in nbflow.limits() if lim.name == "X"] == [2], WAIT)
+    assert fut.stop()
+    first.release()
+    second.result(WAIT).release()
+    head.shutdown()
+    with pytest.raises(cf.CancelledError):
+        fut.result(WAIT)
+    code = "import nbflow; nbflow.machine_limits.acquire('X', timeout=30).release(); print('granted')"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=WAIT)
+    assert done.stdout == "granted\n", done.stderr  # another process gets the limit: its gate is not left locked
+
+
+def test_a_task_not_running_yet_is_cancelled_at_once_never_runs_and_frees_nothing_it_did_not_hold(tmp_path):
+    nbflow.use("local", workers=1)
+    nbflow.limit("GPU", 1)
+    gate = threading.Event()
+    ran: list[str] = []
+
+    @nbflow.task(resources={"GPU": 1})
+    def holder():
+        assert gate.wait(WAIT)
+        return "held"
+
+    @nbflow.task
+    def upstream():
+        assert gate.wait(WAIT)
+        return 1
+
+    @nbflow.task
+    def on_deps(x):
+        ran.append("on_deps")
+
+    @nbflow.task
+    def queued():
+        ran.append("queued")
+
+    @nbflow.task(resources={"GPU": 1})
+    def for_gpu():
+        ran.append("for_gpu")
+
+    first = holder.submit()  # the one pool thread and the one GPU share
+    wait_for(lambda: first.status == "running", WAIT)
+    pending = on_deps.submit(upstream.submit())
+    behind = queued.submit()
+    waiting = for_gpu.submit()
+    wait_for(lambda: waiting.status == "waiting", WAIT)
+    assert (pending.status, behind.status) == ("pending", "pending")
+    assert nbflow.stop([pending, behind, waiting], grace=0) == 3
+    for fut in (pending, behind, waiting):
+        assert fut.cancelled() and fut.status == "cancelled"
+        with pytest.raises(cf.CancelledError):
+            fut.result(WAIT)
+    assert gpu_used() == 1 and first.status == "running"  # the holder's share is still its own
+    gate.set()
+    assert first.result(WAIT) == "held"
+    assert for_gpu.submit().result(WAIT) is None and queued.submit().result(WAIT) is None  # after the stopped ones
+    assert ran == ["for_gpu", "queued"]  # the stopped ones never ran
+    wait_for(lambda: gpu_used() == 0, WAIT)
+    counts = nbflow.engine().task_counts()
+    assert counts["cancelled"] == 3 and counts["pending"] == counts["waiting"] == counts["stopping"] == 0
+
+
+def test_a_task_in_its_retry_delay_is_cancelled_at_once_and_never_tried_again():
+    engine = nbflow.use("local", workers=1)
+    attempts = []
+
+    @nbflow.task(retries=1, retry_delay=60)
+    def flaky():
+        attempts.append(nbflow.current().attempt)
+        raise OSError("flaky")
+
+    fut = flaky.submit()
+    wait_for(lambda: attempts and fut.status == "pending" and fut in [r.fut for r in engine._delayed], WAIT)
+    assert fut.stop()
+    assert fut.cancelled() and fut.status == "cancelled"
+    assert engine._delayed == {} and engine._delays._armed == 0  # its timer is gone with it
+    assert attempts == [0]
+
+
+def test_stop_returns_what_the_future_became_and_refuses_a_bad_grace():
+    nbflow.use("local", workers=2)
+
+    @nbflow.task
+    def ok():
+        return 1
+
+    @nbflow.task
+    def fails():
+        raise ValueError("no")
+
+    done, failed = ok.submit(), fails.submit()
+    assert done.result(WAIT) == 1 and isinstance(failed.exception(WAIT), ValueError)
+    assert done.stop() is False and failed.stop() is False
+    assert (done.status, failed.status) == ("finished", "error")
+    gate = threading.Event()
+    blocked = nbflow.task(lambda: gate.wait(WAIT), name="blocked")
+    futs = [blocked.submit() for _ in range(3)]
+    try:
+        assert nbflow.stop(futs[:2] + [done, failed], grace=0) == 2
+        assert futs[0].stop() is True and futs[0].stop() is True  # stopped (or cancelled): True every time
+    finally:
+        gate.set()
+    nbflow.wait(futs, timeout=WAIT)
+    assert [f.status for f in futs] == ["cancelled", "cancelled", "finished"]
+    assert nbflow.stop(futs[0]) == 1  # one future: its own count
+    for bad in (-1, "abc", float("nan"), True):
+        with pytest.raises(nbflow.ResourceSpecError, match="^grace must be") as info:
+            futs[2].stop(grace=bad)
+        assert "\n" not in str(info.value)
+        with pytest.raises(nbflow.ResourceSpecError, match="^grace must be"):
+            nbflow.stop([futs[2]], grace=bad)
+    assert futs[2].status == "finished"
+
+
+# --- processes=True ----------------------------------------------------------------------------------------------
+
+
+def rendezvous(folder: str, count: int) -> int:
+    """In a child: wait until ``count`` tasks are in at once (so each pool thread has started its child)."""
+    import os
+    import time
+
+    open(os.path.join(folder, str(os.getpid())), "w").close()
+    deadline = time.monotonic() + 60
+    while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+def test_a_child_that_ignores_sigterm_is_killed_after_grace_and_the_next_gpu_task_starts_within_1_5_s(
+    tmp_path, monkeypatch
+):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    nbflow.use("local", workers=2, processes=True)
+    nbflow.limit("GPU", 1)
+    together = nbflow.task(rendezvous, name="together")
+    (tmp_path / "warm").mkdir()
+    warm = {f.result(WAIT) for f in [together.submit(str(tmp_path / "warm"), 2) for _ in range(2)]}
+    assert len(warm) == 2  # both pool threads have their child: the bound below measures no child start-up
+    started = tmp_path / "started"
+
+    @nbflow.task(resources={"GPU": 1}, retries=3)
+    def deaf(path):
+        import os
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        while True:
+            pass
+
+    @nbflow.task(resources={"GPU": 1})
+    def next_gpu():
+        import os
+        import time
+
+        return time.monotonic(), os.getpid()  # one clock for every process on Linux
+
+    fut = deaf.submit(str(started))
+    wait_for(lambda: started.exists() and started.read_text(), WAIT)
+    child = int(started.read_text())
+    waiting = next_gpu.submit()
+    wait_for(lambda: waiting.status == "waiting", WAIT)
+    stopped_at = time.monotonic()
+    assert fut.stop(grace=0.5)
+    began, pid = waiting.result(WAIT)
+    assert began - stopped_at <= 1.5, f"the next GPU task started {began - stopped_at:.2f} s after stop()"
+    assert fut.cancelled() and fut.attempt == 0  # not retried
+    assert pid == (warm - {child}).pop()
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)  # killed and reaped
+    (tmp_path / "after").mkdir()
+    after = {f.result(WAIT) for f in [together.submit(str(tmp_path / "after"), 2) for _ in range(2)]}
+    assert len(after) == 2 and child not in after  # the pool keeps working: the stopped thread has a fresh child
+    wait_for(lambda: gpu_used() == 0, WAIT)
+
+
+def test_a_child_that_exits_on_sigterm_stops_at_once_and_one_that_handles_it_is_not_reused(tmp_path):
+    nbflow.use("local", workers=1, processes=True)
+    nbflow.limit("GPU", 1)
+
+    @nbflow.task(resources={"GPU": 1})
+    def hold(path, handle):
+        import os
+        import signal
+        import sys
+
+        if handle:  # the task's finally runs, and the task returns: the child lives on
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+        with open(path, "w") as f:
+            f.write(str(os.getpid()))
+        try:
+            while True:
+                pass
+        finally:
+            with open(path + ".finally", "w") as f:
+                f.write("ran")
+
+    @nbflow.task(resources={"GPU": 1})
+    def pid():
+        import os
+
+        return os.getpid()
+
+    for handle in (False, True):
+        marker = tmp_path / f"started-{handle}"
+        fut = hold.submit(str(marker), handle)
+        wait_for(lambda m=marker: m.exists() and m.read_text(), WAIT)
+        child = int(marker.read_text())
+        stopped_at = time.monotonic()
+        assert fut.stop(grace=WAIT)  # the grace never runs out: the child ends on SIGTERM
+        with pytest.raises(cf.CancelledError):
+            fut.result(WAIT)
+        assert time.monotonic() - stopped_at < WAIT / 2
+        assert Path(str(marker) + ".finally").exists() == handle
+        assert pid.submit().result(WAIT) != child  # a child that got SIGTERM is never reused
+    wait_for(lambda: gpu_used() == 0, WAIT)
+
+
+def test_stopping_again_with_a_shorter_grace_kills_the_child_now(tmp_path):
+    nbflow.use("local", workers=1, processes=True)
+    nbflow.limit("GPU", 1)
+    started = tmp_path / "started"
+
+    @nbflow.task(resources={"GPU": 1})
+    def deaf(path):
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        open(path, "w").close()
+        while True:
+            pass
+
+    fut = deaf.submit(str(started))
+    wait_for(started.exists, WAIT)
+    assert fut.stop(grace=WAIT * 10)  # SIGTERM, ignored: it would be killed only after the grace
+    assert fut.status == "stopping" and gpu_used() == 1
+    stopped_at = time.monotonic()
+    assert fut.stop(grace=0)  # the shorter grace counts: SIGKILL now
+    with pytest.raises(cf.CancelledError):
+        fut.result(WAIT)
+    assert time.monotonic() - stopped_at < WAIT / 2
+    wait_for(lambda: gpu_used() == 0, WAIT)
+
+
+def test_a_stop_that_lands_while_the_child_is_being_set_up_still_stops_the_task(monkeypatch):
+    """The stop is slowed down (only the order of events matters here): it reads "no child yet" while the pool
+    thread is starting one; that child must not then run the task."""
+    from nbflow.engines import thread_stop
+
+    stop = thread_stop.StoppableCall.stop
+
+    def slow_stop(self, exc=nbflow.TaskStopped):
+        time.sleep(0.5)  # the pool thread starts the child and would hand it the task meanwhile
+        stop(self, exc)
+
+    monkeypatch.setattr(thread_stop.StoppableCall, "stop", slow_stop)
+    nbflow.use("local", workers=1, processes=True)
+    fut = nbflow.task(spin_forever).submit()
+    wait_for(lambda: fut.status == "running", WAIT, interval=0)
+    assert fut.stop(grace=0.1)
+    nbflow.wait([fut], timeout=WAIT)
+    assert fut.cancelled()
+
+
+# --- Dask ----------------------------------------------------------------------------------------------------------
+
+
+def loop_on_worker(marker: str) -> None:
+    """Say (a file) that the task runs on its worker (its pid: a task with a timeout runs in a helper thread, where
+    ``distributed.get_worker()`` is not set), then loop in pure Python."""
+    Path(marker).write_text(str(os.getpid()))
+    try:
+        spin_forever()
+    finally:
+        Path(marker + ".finally").write_text("ran")
+
+
+def worker_pid(marker: str | None = None) -> str:
+    if marker is not None:
+        Path(marker).write_text("ran")
+    return str(os.getpid())
+
+
+@pytest.fixture(scope="module")
+def dask_worker(tmp_path_factory):
+    """A real scheduler and one ``dask worker --nthreads 1 --resources GPU=1``."""
+    base = tmp_path_factory.mktemp("dask-stop")
+    procs = DaskProcs(base, env={"NBFLOW_LIMITS_DIR": str(base / "limits")})
+    try:
+        procs.worker("one", "GPU=1", nthreads=1)
+        yield procs
+    finally:
+        procs.close()
+
+
+def stop_running_on_dask(tmp_path: Path, timeout: float | None = None) -> None:
+    """Stop a task looping on the worker's only thread; the next task on that thread then runs."""
+    marker = str(tmp_path / f"loop-{uuid.uuid4().hex}")
+    loop = nbflow.task(loop_on_worker, resources={"GPU": 1}, retries=2, timeout=timeout, name="loop")
+    fut = loop.submit(marker)
+    wait_until(lambda: os.path.exists(marker), WAIT, "the loop to start on the worker")
+    wait_until(lambda: fut.status == "running", WAIT, "the client to hear that it runs")
+    assert fut.stop()
+    with pytest.raises(cf.CancelledError):
+        fut.result(WAIT)
+    assert fut.status == "cancelled" and fut.attempt == 0
+    wait_until(lambda: os.path.exists(marker + ".finally"), WAIT, "its finally block")
+    after = nbflow.task(worker_pid, resources={"GPU": 1}, name="after")
+    assert after.submit().result(WAIT) == Path(marker).read_text()  # the worker's only thread was free
+
+
+def test_dask_a_running_task_stops_and_frees_the_workers_only_thread(dask_worker, tmp_path):
+    nbflow.use("dask", address=dask_worker.address)
+    stop_running_on_dask(tmp_path)
+
+
+def test_dask_a_running_task_with_a_timeout_stops_and_frees_the_workers_only_thread(dask_worker, tmp_path):
+    nbflow.use("dask", address=dask_worker.address)
+    stop_running_on_dask(tmp_path, timeout=WAIT * 2)
+
+
+def test_dask_a_queued_task_is_cancelled_at_once_and_never_runs(dask_worker, tmp_path):
+    engine = nbflow.use("dask", address=dask_worker.address)
+    marker = str(tmp_path / "loop")
+    queued_marker = tmp_path / "queued"
+    running = nbflow.task(loop_on_worker, resources={"GPU": 1}, name="loop").submit(marker)
+    wait_until(lambda: os.path.exists(marker), WAIT, "the loop to start")
+    queued = nbflow.task(worker_pid, resources={"GPU": 1}, name="queued").submit(str(queued_marker))
+    assert queued.status == "waiting"
+    assert queued.stop()
+    assert queued.cancelled() and queued.status == "cancelled"
+    assert nbflow.stop([running]) == 1
+    with pytest.raises(cf.CancelledError):
+        running.result(WAIT)
+    after = nbflow.task(worker_pid, resources={"GPU": 1}, name="after")
+    assert after.submit().result(WAIT) == Path(marker).read_text()
+    assert not queued_marker.exists()
+    counts = engine.task_counts()
+    assert counts["cancelled"] == 2 and counts["finished"] == 1
+
+
+def test_dask_embedded_local_cluster_stops_a_running_task(tmp_path):
+    nbflow.use("dask", n_workers=1, threads_per_worker=1, processes=False, resources={"GPU": 1})
+    stop_running_on_dask(tmp_path)
+
+
+def test_dask_a_task_stopped_before_the_client_heard_it_runs_is_cancelled_and_stopped(dask_worker, tmp_path):
+    from nbflow.engines.dask_worker_events import STARTED_TOPIC
+
+    engine = nbflow.use("dask", address=dask_worker.address)
+    engine.client.subscribe_topic(STARTED_TOPIC, lambda event: None)  # the worker's "it runs" never arrives
+    marker = str(tmp_path / "loop")
+    fut = nbflow.task(loop_on_worker, resources={"GPU": 1}, name="loop").submit(marker)
+    wait_until(lambda: os.path.exists(marker), WAIT, "the loop to start")
+    assert fut.status == "waiting"
+    assert fut.stop()  # cancelled at once, and stopped on the worker all the same
+    assert fut.cancelled() and fut.status == "cancelled"
+    wait_until(lambda: os.path.exists(marker + ".finally"), WAIT, "its finally block")
+    after = nbflow.task(worker_pid, resources={"GPU": 1}, name="after")
+    assert after.submit().result(WAIT) == Path(marker).read_text()
+
+
+def test_dask_a_task_waiting_on_its_worker_for_a_machine_limit_stops_without_it(dask_worker, tmp_path, monkeypatch):
+    monkeypatch.setenv("NBFLOW_LIMITS_DIR", dask_worker.env["NBFLOW_LIMITS_DIR"])  # the worker's machine limits
+    nbflow.limit("LICENSE", 1)
+    nbflow.use("dask", address=dask_worker.address)
+    marker = tmp_path / "ran"
+    with nbflow.concurrency("LICENSE"):
+        fut = nbflow.task(worker_pid, limits={"LICENSE": 1}, name="licensed").submit(str(marker))
+        wait_until(lambda: fut.status == "running", WAIT, "the worker to start it (it waits there for the limit)")
+        assert fut.stop()
+        with pytest.raises(cf.CancelledError):
+            fut.result(WAIT)
+        after = nbflow.task(worker_pid, name="after")
+        assert after.submit().result(WAIT)  # the worker's thread is free
+    assert not marker.exists()
+    assert [lim.used for lim in nbflow.limits() if lim.name == "LICENSE"] == [0]  # no late grant to the stopped task
+
+
+GATE = threading.Event()  # an embedded cluster's workers are threads of this process: the test opens it
+
+
+def wait_on_gate() -> None:
+    """One C call (a lock acquire) until the test opens the gate: the task cannot stop before that."""
+    GATE.wait()
+
+
+def test_dask_closing_the_engine_while_a_task_is_stopping_leaves_it_cancelled():
+    engine = nbflow.use("dask", n_workers=1, threads_per_worker=1, processes=False)
+    GATE.clear()
+    fut = nbflow.task(wait_on_gate, name="gated").submit()
+    try:
+        wait_until(lambda: fut.status == "running", WAIT, "the task to run")
+        assert fut.stop()
+        assert fut.status == "stopping"
+        engine.close()
+        assert fut.cancelled() and fut.status == "cancelled"
+    finally:
+        GATE.set()
