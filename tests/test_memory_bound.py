@@ -203,12 +203,6 @@ def allocate_slowly() -> int:
     return len(chunks)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="the Dask engine passes on distributed's KilledWorker (after allowed-failures restarts), not WorkerDied"
-    " with the nanny's reason, which the max_memory refusal promises",
-)
 def test_a_dask_task_whose_worker_its_nanny_kills_fails_with_worker_died_naming_the_reason(tmp_path):
     from _dask_procs import DASK, DaskProcs, wait_until
 
@@ -220,6 +214,7 @@ def test_a_dask_task_whose_worker_its_nanny_kills_fails_with_worker_died_naming_
         nbflow.use("dask", address=procs.address)
         exc = nbflow.task(name="hog")(allocate_slowly).submit().exception(120)
         assert isinstance(exc, nbflow.WorkerDied), repr(exc)
-        assert "memory" in str(exc)
+        assert "task 'hog': the Dask worker running it died" in str(exc), str(exc)
+        assert "its nanny restarted it for using" in str(exc) and "past its --memory-limit" in str(exc), str(exc)
     finally:
         procs.close()

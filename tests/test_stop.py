@@ -150,6 +150,39 @@ def test_a_thread_stopped_while_it_queues_in_nbflow_concurrency_leaves_the_limit
     assert done.stdout == "granted\n", done.stderr  # another process gets the limit: its gate is not left locked
 
 
+def test_stops_landing_anywhere_in_a_loop_of_limit_entries_and_submits_leave_every_share_free_and_counts_right():
+    """A stop lands at any bytecode of the task, also inside nbflow code it calls (taking or giving back a share,
+    counting a submit): that code holds the stop back until it is done, so nothing is left taken or miscounted."""
+    nbflow.use("local", workers=2)
+    nbflow.limit("X", 1)
+
+    @nbflow.task
+    def noop():
+        return None
+
+    @nbflow.task
+    def churn(started):
+        started.set()
+        while True:
+            with nbflow.concurrency("X"):
+                noop.submit()
+
+    for i in range(40):
+        started = threading.Event()
+        fut = churn.submit(started)
+        assert started.wait(WAIT)
+        time.sleep((i % 8) * 0.0007)  # where the stop lands varies; what must hold does not depend on it
+        assert fut.stop()
+        with pytest.raises(cf.CancelledError):
+            fut.result(WAIT)
+        assert [lim.used for lim in nbflow.limits() if lim.name == "X"] == [0], i
+    nbflow.machine_limits.acquire("X", timeout=WAIT).release()
+    engine = nbflow.engine()
+    wait_for(lambda: engine.task_counts()["pending"] + engine.task_counts()["running"] == 0, WAIT)
+    counts = engine.task_counts()
+    assert counts["cancelled"] == 40 and counts["stopping"] == 0, counts
+
+
 def test_a_task_not_running_yet_is_cancelled_at_once_never_runs_and_frees_nothing_it_did_not_hold(tmp_path):
     nbflow.use("local", workers=1)
     nbflow.limit("GPU", 1)
@@ -387,7 +420,7 @@ def test_stopping_again_with_a_shorter_grace_kills_the_child_now(tmp_path):
 def test_a_stop_that_lands_while_the_child_is_being_set_up_still_stops_the_task(monkeypatch):
     """The stop is slowed down (only the order of events matters here): it reads "no child yet" while the pool
     thread is starting one; that child must not then run the task."""
-    from nbflow.engines import thread_stop
+    from nbflow import thread_stop
 
     stop = thread_stop.StoppableCall.stop
 

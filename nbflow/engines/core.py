@@ -36,6 +36,7 @@ from .. import context
 from ..errors import UpstreamError
 from ..futures import Future, blocking, find_futures, new_key, substitute, upstream_value
 from ..snapshot import empty_task_counts
+from ..thread_stop import shielded
 from .attempt import Attempt, retry_delay
 from .timers import Timers
 
@@ -161,27 +162,29 @@ class Engine:
     def submit(self, task: Runnable, args: tuple, kwargs: dict) -> Future:
         """Schedule ``task(*args, **kwargs)``; futures in the arguments are dependencies. Never blocks."""
         self._admit(task)
-        run = self._new_run(task, args, kwargs)
-        self._counted(run.counted)
-        if run.has_deps:
-            self._after_deps(run)
-        else:
-            self._place(run)
+        with shielded:  # (from a task: a stop of it lands after, never with the run counted and not placed)
+            run = self._new_run(task, args, kwargs)
+            self._counted(run.counted)
+            if run.has_deps:
+                self._after_deps(run)
+            else:
+                self._place(run)
         return run.fut
 
     def map(self, task: Runnable, calls: list[tuple[tuple, dict]]) -> list[Future]:
         """One run per ``(args, kwargs)``, checked once; those without dependencies start as one batch."""
         self._admit(task)
-        runs = [self._new_run(task, args, kwargs) for args, kwargs in calls]
-        self._counted(sum(run.counted for run in runs))
-        ready = []
-        for run in runs:
-            if run.has_deps:
-                self._after_deps(run)
-            else:
-                ready.append(run)
-        if ready:
-            self._place_many(ready)
+        with shielded:
+            runs = [self._new_run(task, args, kwargs) for args, kwargs in calls]
+            self._counted(sum(run.counted for run in runs))
+            ready = []
+            for run in runs:
+                if run.has_deps:
+                    self._after_deps(run)
+                else:
+                    ready.append(run)
+            if ready:
+                self._place_many(ready)
         return [run.fut for run in runs]
 
     def call(self, task: Runnable, args: tuple, kwargs: dict) -> Any:
@@ -199,9 +202,10 @@ class Engine:
         key, here = new_key(opts.name), threading.current_thread().name
         for number in itertools.count():
             attempt = Attempt(number, key, opts.name)
-            with blocking():  # in a task's thread, waiting for a limit lends the thread out
-                attempt.holdings = acquire_all(demands, task=opts.name) if demands else []
             try:
+                if demands:
+                    with blocking(), shielded:  # in a task's thread, waiting for a limit lends the thread out
+                        attempt.holdings = acquire_all(demands, task=opts.name)
                 attempt.pick_gpus(self.cuda_visible)
                 with context.running(attempt.context(here, demands)):
                     return task.fn(*args, **kwargs)

@@ -17,12 +17,14 @@ from typing import Any
 import cloudpickle
 import distributed
 from distributed.client import done_callback  # the coroutine behind Future.add_done_callback, minus its thread hop
+from distributed.scheduler import KilledWorker
 
 from .. import sidechannel
-from ..errors import EngineConfigError, Unsatisfiable
+from ..errors import EngineConfigError, Unsatisfiable, WorkerDied
 from ..futures import Future
 from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
+from ..specs import size_text
 from .attempt import Attempt, Reported
 from .core import Engine, Run
 from .dask_attempt_keys import attempt_key
@@ -32,6 +34,7 @@ from .dask_worker_probe import probe
 from .dask_worker_stops import stop_attempt
 from .dask_worker_task import run_task
 
+_MEMORY_RESTART_TOPIC = "worker-restart-memory"  # what a nanny logs when it restarts its worker for memory
 _REMOTE = object()  # result placeholder: the value stays on the cluster until someone asks for it
 
 
@@ -106,6 +109,8 @@ class DaskEngine(Engine):
         self._watcher = _Watcher(self.client, self._finished_in_loop, self._attempt_over)
         self.client.subscribe_topic(STARTED_TOPIC, self._on_started)
         self.client.subscribe_topic(SIDE_TOPIC, _on_side)
+        self._restarts: dict[str, dict] = {}  # worker address -> its nanny's last memory restart (an event)
+        self.client.subscribe_topic(_MEMORY_RESTART_TOPIC, self._on_memory_restart)
 
     # -- placing attempts -----------------------------------------------------------------------------
 
@@ -198,9 +203,26 @@ class DaskEngine(Engine):
             exc = dask_future.exception()
             if isinstance(exc, Reported):
                 exc, run.attempt.report = exc.error, exc.report
+            elif isinstance(exc, KilledWorker):
+                exc = self._worker_died(run.name, exc)
             self._ended(run, run.attempt, exc=exc.with_traceback(dask_future.traceback()))
         else:  # cancelled on the cluster (not by its future's cancel()), or lost
             self._abandon(run)
+
+    def _on_memory_restart(self, event: tuple[float, dict]) -> None:
+        self._restarts[str(event[1].get("worker"))] = event[1]
+
+    def _worker_died(self, name: str, exc: KilledWorker) -> WorkerDied:
+        """Dask's ``KilledWorker`` as ``WorkerDied``, with the reason its nanny gave if it restarted the worker for
+        its memory (a nanny's ``--memory-limit`` is what bounds a Dask task's memory)."""
+        last = getattr(exc.last_worker, "address", str(exc.last_worker))
+        restart = self._restarts.get(last)
+        if restart is not None:
+            why = f"its nanny restarted it for using {size_text(restart.get('rss', 0))}, past its --memory-limit"
+        else:
+            why = "no reason was reported (see that worker's log)"
+        tried = exc.allowed_failures + 1
+        return WorkerDied(f"task {name!r}: the Dask worker running it died ({tried} tried, the last {last}): {why}")
 
     def _forget(self, dask_future: distributed.Future) -> None:
         with self._lock:
@@ -310,6 +332,7 @@ class DaskEngine(Engine):
         self._watcher.close()
         self.client.unsubscribe_topic(STARTED_TOPIC)
         self.client.unsubscribe_topic(SIDE_TOPIC)
+        self.client.unsubscribe_topic(_MEMORY_RESTART_TOPIC)
         if live and not self._owns_client:
             self.client.cancel([run.fut.dask for run in live])
         if self._watching:

@@ -14,10 +14,10 @@ from .. import context
 from ..errors import TaskTimeout
 from ..futures import set_block_hook
 from ..options import Runnable
+from ..thread_stop import StoppableCall
 from .attempt import Attempt
 from .core import bind
 from .dask_worker_secede import rejoin_once, secede_once
-from .thread_stop import StoppableCall
 
 
 class Relay:

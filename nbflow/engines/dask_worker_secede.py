@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from distributed import rejoin, secede
 
 from ..errors import LimitTimeout, TaskStopped
-from .thread_stop import StoppableCall
+from ..thread_stop import StoppableCall
 
 _state = threading.local()  # per task thread: depth of nested waits, so we secede and rejoin once
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import threading
 
-from .thread_stop import StoppableCall
+from ..thread_stop import StoppableCall
 
 _lock = threading.Lock()
 _running: dict[str, StoppableCall] = {}  # Dask key -> the call of the attempt running under it

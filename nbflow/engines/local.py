@@ -26,10 +26,10 @@ from ..futures import set_block_hook
 from ..machine_limits.api import check_demands
 from ..options import Runnable
 from ..snapshot import Occupancy, ResourceUse, limits_snapshot
+from ..thread_stop import StoppableCall
 from .attempt import Attempt
 from .core import Engine, Run, bind
 from .grants import Grants
-from .thread_stop import StoppableCall
 from .threadpool import ThreadPool
 from .timers import Timers
 
@@ -278,7 +278,7 @@ class LocalEngine(Engine):
                     "name": "local",
                     "host": self.host,
                     "resources": resources,
-                    "running": counts["running"],
+                    "running": counts["running"] + counts["stopping"],  # a stopping task still holds its thread
                     "waiting": counts["waiting"],
                     "queued": self._pool.queued,
                     "gpus": [  # this kernel's tasks holding GPU slots (children run with the kernel's shares)

@@ -7,7 +7,9 @@ import os
 import threading
 from collections.abc import Mapping
 
+from ..errors import TaskStopped
 from ..specs import NAME_RE, check_amount, check_name, check_timeout
+from ..thread_stop import shielded
 from .holding import Holding
 from .limit_on_disk import Budget, Cancel, get_limit
 from .paths import limits_dir
@@ -66,13 +68,14 @@ def acquire_all(demands: Mapping[str, float], *, timeout: float | None = None, t
     budget = Budget(timeout)
     check_demands(checked)
     held: list[Holding] = []
-    try:
-        for name in sorted(checked):
-            held.append(get_limit(name).acquire(checked[name], task, budget))
-    except BaseException:
-        for holding in reversed(held):
-            holding.release()
-        raise
+    with shielded:  # a stopped task's exception lands once the list is returned, not with part of it taken
+        try:
+            for name in sorted(checked):
+                held.append(get_limit(name).acquire(checked[name], task, budget))
+        except BaseException:
+            for holding in reversed(held):
+                holding.release()
+            raise
     return held
 
 
@@ -142,11 +145,18 @@ class Concurrency:
         holding.release()
 
     def __enter__(self) -> Holding:
-        holding = acquire(self.name, self.occupy, timeout=self.timeout, task=self.task)
-        return self._push(threading.get_ident(), holding)
+        owner = threading.get_ident()
+        try:
+            with shielded:
+                holding = self._push(owner, acquire(self.name, self.occupy, timeout=self.timeout, task=self.task))
+            return holding
+        except TaskStopped:  # the task was stopped while it waited: the stop lands here, before the block runs
+            self._pop(owner)
+            raise
 
     def __exit__(self, *exc: object) -> None:
-        self._pop(threading.get_ident())
+        with shielded:
+            self._pop(threading.get_ident())
 
     async def __aenter__(self) -> Holding:
         import asyncio

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
+from ..thread_stop import shielded
 from .damage import failure
 from .forksafe import Pool, close_tracked, set_owner
 
@@ -62,20 +63,21 @@ class Holding:
 
     def release(self) -> None:
         """Give the share back (unlink the visible name; the locked spare stays for reuse), wake the head."""
-        with _release_lock:
-            fd, self._fd = self._fd, -1
-        if fd < 0:
-            return
-        try:
-            os.unlink(self._path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:  # e.g. slots/ made immutable: unlock the file, so it reads as a dead holder's
-            close_tracked(fd)
+        with shielded:  # (a stopped task's exception lands after it, never between the unlink and the wake)
+            with _release_lock:
+                fd, self._fd = self._fd, -1
+            if fd < 0:
+                return
+            try:
+                os.unlink(self._path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:  # e.g. slots/ made immutable: unlock the file, so it reads as a dead holder's
+                close_tracked(fd)
+                wake(self._wake)
+                raise failure(self.name, exc) from None
+            keep_spare(self._slots_dir, fd, self._spare, self._size)
             wake(self._wake)
-            raise failure(self.name, exc) from None
-        keep_spare(self._slots_dir, fd, self._spare, self._size)
-        wake(self._wake)
 
     def _forget(self) -> None:
         """In a forked child: the share is the parent's, so never release it from here."""

@@ -23,6 +23,7 @@ import stat
 import time
 
 from ..errors import LimitsDirError, LimitTimeout, NbflowError, NoSuchLimit, Unsatisfiable
+from ..thread_stop import shielded
 from .damage import check_regular, check_tree, deleted, failure, kind
 from .detect import detected_capacity
 from .forksafe import Pool, close_tracked, open_tracked, set_owner, unique
@@ -277,7 +278,8 @@ class Limit:
 
     def acquire(self, amount: float, task: str, budget: Budget) -> Holding:
         try:
-            return self._acquire(amount, task, budget)
+            with shielded:  # a stopped task's exception would lose a share taken and not yet returned
+                return self._acquire(amount, task, budget)
         except Expired:
             raise self._timeout_error(amount, budget) from None
         except OSError as exc:
@@ -286,7 +288,8 @@ class Limit:
     def try_acquire(self, amount: float, task: str) -> Holding | None:
         """Grant at once if the gate is free and the amount fits, else None (no waiting)."""
         try:
-            return self._acquire(amount, task, Budget(0.0))
+            with shielded:
+                return self._acquire(amount, task, Budget(0.0))
         except Expired:
             return None
         except OSError as exc:
