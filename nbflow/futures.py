@@ -149,22 +149,19 @@ class Future(cf.Future):
             return True
 
     def _mark_cancelled(self) -> bool:
-        """Cancel without telling the engine (for the engine itself); True if this call cancelled it."""
-        if self._state == cf._base.CANCELLED_AND_NOTIFIED:  # notifying again would log CRITICAL
-            return False
-        if not super().cancel():
-            return False
-        # No executor will notify it: wake wait() and as_completed() now. The first notifier gets False;
-        # a later one (it was cancelled before) gets RuntimeError.
-        try:
-            return not self.set_running_or_notify_cancel()
-        except RuntimeError:
-            return False
+        """Cancel a future that has not started, without telling the engine (for the engine itself); True if this
+        call cancelled it."""
+        return self._end_cancelled((cf._base.PENDING,))
 
     def _mark_stopped(self) -> bool:
         """A future that may already be running ends cancelled (its task was stopped); True if this call did it."""
+        return self._end_cancelled((cf._base.PENDING, cf._base.RUNNING))
+
+    def _end_cancelled(self, states: tuple[str, ...]) -> bool:
+        """Cancelled and notified in one step under the future's lock (no executor notifies it, and two steps
+        would race an engine's ``_claim``: whoever came second would get "unexpected state")."""
         with self._condition:
-            if self._state not in (cf._base.PENDING, cf._base.RUNNING):
+            if self._state not in states:
                 return False
             self._state = cf._base.CANCELLED_AND_NOTIFIED
             for waiter in self._waiters:
@@ -176,10 +173,10 @@ class Future(cf.Future):
     def _claim(self) -> bool:
         """Pending -> running, like an executor's check; True if it runs (now or already), False if it was
         cancelled (or is done)."""
-        with self._condition:  # (an RLock) one cancelled and notified already: no CRITICAL log
+        with self._condition:
             if self._state == cf._base.RUNNING:
                 return True
-            if self._state not in (cf._base.PENDING, cf._base.CANCELLED):
+            if self._state != cf._base.PENDING:  # (nbflow never leaves one CANCELLED without notifying it)
                 return False
             return self.set_running_or_notify_cancel()
 

@@ -123,7 +123,7 @@ def test_stop_a_queued_cell_then_all(kernel):
     assert ex.stream("stdout") == "nbflow: no unfinished task cells to stop\n"
     ex = ok(kernel, "%nbflow stop first second")
     assert ex.stream("stdout") == (
-        "nbflow: stopping 0 task cell(s): -; already done: first (cancelled), second (cancelled)\n"
+        "nbflow: nothing to stop; already done: first (cancelled), second (cancelled)\n"
     )
 
 
@@ -131,7 +131,7 @@ def test_stop_a_finished_cell_says_so(kernel):
     ok(kernel, "%%nbflow task --name quick\nquick = 1")
     ok(kernel, "%nbflow wait")
     ex = ok(kernel, "%nbflow stop quick")
-    assert ex.stream("stdout") == "nbflow: stopping 0 task cell(s): -; already done: quick (finished)\n"
+    assert ex.stream("stdout") == "nbflow: nothing to stop; already done: quick (finished)\n"
 
 
 @pytest.mark.parametrize(
@@ -193,3 +193,27 @@ def test_an_interrupted_wait_says_how_to_stop_the_task(kernel):
     ok(kernel, "%nbflow stop v")  # the task ends only now (the gate never opens)
     ok(kernel, "%nbflow wait v")
     assert status_line(kernel, cell, lambda t: "cancelled" in t, "cancelled").startswith("[nbflow] v: cancelled")
+
+
+def test_stop_all_while_freed_threads_start_queued_cells_counts_every_cell_cancelled(kernel):
+    """Twelve cells on two threads: the two running ones stop, and their threads start queued cells as those are
+    being stopped; every cell ends cancelled, counted so, with no "unexpected state" in the output."""
+    ok(kernel, SETUP + "\nimport time\nnbflow.use('local', workers=2)")
+    for i in range(12):
+        ok(kernel, f"%%nbflow task --name c{i}\ntime.sleep(0.05)\nfor _ in range(10**9): pass\nv{i} = {i}")
+    ex = ok(kernel, "%nbflow stop --all")
+    assert "unexpected state" not in ex.stream("stdout") + ex.stream("stderr")
+    ok(kernel, "%nbflow wait")
+    counts = "c = nbflow.engine().task_counts()\nprint(c['cancelled'], c['pending'] + c['running'] + c['stopping'])"
+    assert ok(kernel, counts).stream("stdout") == "12 0\n"
+
+
+def test_stop_by_a_name_two_cells_share_stops_both(kernel):
+    ok(kernel, SETUP + "\nnbflow.use('local', workers=2)")
+    for _ in range(2):
+        ok(kernel, "%%nbflow task --name dup\nstarted.set()\ngate.wait(300)\nx = 1")
+    ok(kernel, "assert started.wait(60)")
+    ex = ok(kernel, "%nbflow stop dup")
+    assert ex.stream("stdout").startswith("nbflow: stopping 2 task cell(s): dup (")
+    gate_set = ok(kernel, "gate.set()\n%nbflow wait\nprint(nbflow.engine().task_counts()['cancelled'])")
+    assert gate_set.stream("stdout").endswith("2\n")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -572,3 +573,87 @@ def test_dask_closing_the_engine_while_a_task_is_stopping_leaves_it_cancelled():
         assert fut.cancelled() and fut.status == "cancelled"
     finally:
         GATE.set()
+
+
+def fork_and_popen_then_sleep(folder: str) -> None:
+    """A child that starts a forked helper (it inherits the child's pipe and shares) and a subprocess, then waits."""
+    helper = os.fork()
+    if helper == 0:
+        time.sleep(600)
+        os._exit(0)
+    sub = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    Path(folder, "pids").write_text(f"{helper} {sub.pid}")
+    time.sleep(600)
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's zombie is reaped by init in its own time)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_stopped_child_takes_what_it_started_with_it_and_its_share_is_freed(tmp_path):
+    """A forked helper would keep the child's pipe and the shares' descriptors open: the whole process group goes."""
+    nbflow.use("local", workers=1, processes=True)
+    nbflow.limit("GPU", 1)
+    fut = nbflow.task(fork_and_popen_then_sleep, resources={"GPU": 1}).submit(str(tmp_path))
+    pids_file = tmp_path / "pids"
+    wait_until(pids_file.exists, WAIT, "the child to start its helper and subprocess")
+    pids = [int(pid) for pid in pids_file.read_text().split()]
+    assert fut.stop(grace=WAIT)  # SIGTERM alone ends them all: the grace is never waited out
+    with pytest.raises(cf.CancelledError):
+        fut.result(WAIT)
+    wait_for(lambda: gpu_used() == 0, WAIT)
+    wait_for(lambda: not any(alive(pid) for pid in pids), WAIT)
+
+
+def spawn_a_pool() -> list[int]:
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        return pool.map(abs, [-1, -2])
+
+
+def test_a_child_may_start_its_own_processes():
+    """E.g. a DataLoader's workers: the child running tasks is not a daemonic process."""
+    nbflow.use("local", workers=1, processes=True)
+    assert nbflow.task(spawn_a_pool).submit().result(WAIT) == [1, 2]
+
+
+def loop_then_ignore_stops(marker: str) -> None:
+    """Say where it runs (the worker's pid), then loop; the first run swallows stops (so that its worker can be
+    killed while it is stopping), a run after it does not."""
+    first = not os.path.exists(marker + ".first")
+    Path(marker + ".first").touch()
+    Path(marker).write_text(str(os.getpid()))
+    while True:
+        try:
+            spin_forever()
+        except BaseException:
+            if not first:
+                raise
+
+
+def test_dask_a_stopping_task_whose_worker_dies_is_not_run_to_an_end_elsewhere(tmp_path):
+    procs = DaskProcs(tmp_path / "dask")
+    try:
+        procs.worker("first", nthreads=1)
+        nbflow.use("dask", address=procs.address)
+        marker = tmp_path / "where"
+        fut = nbflow.task(loop_then_ignore_stops, name="stubborn").submit(str(marker))
+        wait_until(lambda: fut.status == "running", WAIT, "the task to run")
+        first_pid = marker.read_text()
+        assert fut.stop() and fut.status == "stopping"
+        marker.unlink()
+        procs.worker("second", nthreads=1)
+        procs.stop_worker("first", signal.SIGKILL)  # Dask runs the task again, on the second worker
+        with pytest.raises(cf.CancelledError):
+            fut.result(WAIT)  # it is stopped there too, and ends cancelled
+        assert fut.status == "cancelled" and marker.read_text() != first_pid
+        after = nbflow.task(worker_pid, name="after").submit()
+        assert after.result(WAIT) == marker.read_text()  # the second worker's only thread is free again
+    finally:
+        procs.close()

@@ -310,7 +310,8 @@ class Engine:
         if worker is not None:
             run.fut.worker = worker
         with self._lock:
-            if run.stop_asked or not run.state.live:  # stopped meanwhile: ``_stop`` cancels the future
+            # stopped meanwhile (``_stop`` cancels the future), or being stopped (a cluster started it again)
+            if run.stop_asked or not run.state.live or run.state is State.STOPPING:
                 return False
             self._to(run, State.RUNNING)
         return True

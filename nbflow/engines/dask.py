@@ -26,7 +26,7 @@ from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
 from ..specs import size_text
 from .attempt import Attempt, Reported
-from .core import Engine, Run
+from .core import Engine, Run, State
 from .dask_attempt_keys import attempt_key
 from .dask_cluster import connect
 from .dask_worker_events import SIDE_TOPIC, STARTED_TOPIC
@@ -181,7 +181,11 @@ class DaskEngine(Engine):
         worker = event[1]["name"]
         for key in event[1]["keys"]:
             run = self._live.get(key)
-            if run is not None and not run.fut.done():
+            if run is None or run.fut.done():
+                continue
+            if run.state is State.STOPPING:  # Dask ran it again (its worker died): stop it there too
+                self._halt(run, run.attempt, 0.0)
+            else:
                 self._started(run, worker)
 
     def _finished_in_loop(self, run: Run, dask_future: distributed.Future) -> bool:
@@ -235,9 +239,16 @@ class DaskEngine(Engine):
 
     def _halt(self, run: Run, attempt: Attempt, grace: float) -> None:
         """Have the worker running ``attempt`` raise ``TaskStopped`` in its thread (every worker is asked: the
-        message costs one round trip and waits for no answer). Its Dask task then fails, and ``_ended`` follows."""
+        message costs one round trip and waits for no answer). Its Dask task then ends, and ``_ended`` follows. Sent
+        from Dask's event loop, where this may be called (a start event) and ``client.run`` is a coroutine."""
         try:
-            self.client.run(stop_attempt, attempt_key(run.fut.key, attempt.number), wait=False)
+            self.client.loop.add_callback(self._send_stop, attempt_key(run.fut.key, attempt.number))
+        except Exception:  # the client is closed: the attempt ends with the cluster
+            pass
+
+    async def _send_stop(self, key: str) -> None:
+        try:
+            await self.client.run(stop_attempt, key, wait=False)
         except Exception:  # the cluster is gone: the attempt ends with it
             pass
 

@@ -51,7 +51,7 @@ class _LocalRun(Run):
 class _LocalAttempt(Attempt):
     """An attempt in a pool thread: also how its timeout and ``stop()`` stop it."""
 
-    __slots__ = ("timer", "lent", "child", "call", "halted")
+    __slots__ = ("timer", "lent", "child", "call", "halted", "kills")
 
     def __init__(self, number: int, key: str, name: str) -> None:
         super().__init__(number, key, name)
@@ -60,6 +60,7 @@ class _LocalAttempt(Attempt):
         self.child: Any = None  # the child process running it (process pool)
         self.call = StoppableCall()  # its function's call in the pool thread
         self.halted = False  # ``stop()``: its child (if any) got SIGTERM and must not be reused
+        self.kills: list = []  # the timers that SIGKILL its child once a stop's grace is over
 
 
 class LocalEngine(Engine):
@@ -205,6 +206,8 @@ class LocalEngine(Engine):
                 attempt.timer = None
             lent, attempt.lent = attempt.lent, False
             child, attempt.child = attempt.child, None
+            for kill in attempt.kills:  # it is gone: no timer (nor its thread) waits out a long grace for nothing
+                self._timeouts.cancel(kill)
         if lent:
             self._pool.unlend()
         if child is not None and attempt.halted:  # it survived SIGTERM: a child that got one is not reused
@@ -239,7 +242,12 @@ class LocalEngine(Engine):
                 return
         if not again:
             child.terminate()
-        self._timeouts.call_later(grace, functools.partial(self._kill_halted, attempt, child))
+        kill = self._timeouts.call_later(grace, functools.partial(self._kill_halted, attempt, child))
+        with self._lock:
+            if attempt.child is child:
+                attempt.kills.append(kill)
+                return
+        self._timeouts.cancel(kill)  # it ended meanwhile
 
     def _kill_halted(self, attempt: _LocalAttempt, child: Any) -> None:
         """The grace period is over: SIGKILL the child if it still runs that attempt."""

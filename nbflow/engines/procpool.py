@@ -116,16 +116,26 @@ class ChildProcess:
         raise value
 
     def kill(self) -> None:
-        """SIGKILL the child (a timed-out task); ``run`` then raises ``WorkerDied`` in the owning thread."""
-        proc = self._proc
-        if proc is not None:
-            proc.kill()
+        """SIGKILL the child and the processes it started (a timed-out or stopped task); ``run`` then raises
+        ``WorkerDied`` in the owning thread."""
+        self._signal(signal.SIGKILL)
 
     def terminate(self) -> None:
-        """SIGTERM the child (a stopped task): it exits unless the task handles the signal."""
+        """SIGTERM the child and the processes it started (a stopped task): they exit unless they handle it."""
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: int) -> None:
+        """Signal the child's process group (it leads one: what the task started is in it, and a forked helper
+        holding the child's pipe or shares would otherwise outlive it), and the child itself in case it has not
+        made its group yet."""
         proc = self._proc
-        if proc is not None:
-            proc.terminate()
+        if proc is None:
+            return
+        for send in (os.killpg, os.kill):
+            try:
+                send(proc.pid, sig)
+            except OSError:  # no such group yet, or gone
+                pass
 
     def close(self) -> None:
         """Ask the child to exit (it finishes nothing: it is idle when this is called) and reap it."""
@@ -149,6 +159,8 @@ class ChildProcess:
 def _serve(conn: Any, parent: int) -> None:
     """The child's loop: receive a payload, run it, send back ``(ok, value, traceback text, report)``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the notebook; the parent decides
+    os.setpgid(0, 0)  # its own process group: stopping the task signals whatever the task started too
+    multiprocessing.current_process().daemon = False  # a task may start processes (a DataLoader's workers)
     threading.Thread(target=_exit_with, args=(parent,), name="nbflow-parent-watch", daemon=True).start()
     sending = threading.Lock()  # side-channel messages come from a reporter thread, the reply from this one
 

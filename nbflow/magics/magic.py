@@ -121,7 +121,12 @@ class NbflowMagics(Magics):
         parsed = args.parse(args.stop, rest)
         if parsed.all == bool(parsed.names):
             raise UsageError("%nbflow stop: name the task cells to stop, or use --all (not both)")
-        cells = self.cells.unfinished() if parsed.all else list(dict.fromkeys(self.cells.find(parsed.names)))
+        if parsed.all:
+            cells = self.cells.unfinished()
+        else:  # a name stops every unfinished cell of that name (a cell run twice runs twice)
+            cells = self.cells.find(parsed.names)
+            named = {cell.name for cell in cells}
+            cells = list(dict.fromkeys(cells + [cell for cell in self.cells.unfinished() if cell.name in named]))
         if not cells:
             print("nbflow: no unfinished task cells to stop")
             return
@@ -132,8 +137,9 @@ class NbflowMagics(Magics):
                 stopping.append(f"{cell.name} ({_STOPPED[before]})")
             else:
                 done.append(f"{cell.name} ({before or 'finished'})")
+        said = f"stopping {len(stopping)} task cell(s): {', '.join(stopping)}" if stopping else "nothing to stop"
         note = f"; already done: {', '.join(done)}" if done else ""
-        print(f"nbflow: stopping {len(stopping)} task cell(s): {', '.join(stopping) or '-'}{note}")
+        print(f"nbflow: {said}{note}")
 
     # --- the task cell ----------------------------------------------------------------------------------
 
