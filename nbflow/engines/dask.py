@@ -260,6 +260,7 @@ class DaskEngine(Engine):
                 f"task {task.name!r} has max_memory, which the Dask engine cannot bound per task: a worker's memory is"
                 " bounded by its nanny (dask worker --memory-limit 4GB), and a task whose worker its nanny killed"
                 " fails with WorkerDied, the nanny's reason in the message; drop max_memory here"
+                " (task.with_options(max_memory=None))"
             )
         self.check(task.options.resources, task.name)
 
