@@ -17,6 +17,8 @@ from typing import Any
 from .errors import TaskStopped
 
 _running = threading.local()  # .call: the StoppableCall running in this thread, if any
+_lock = threading.Lock()  # guards every StoppableCall's fields: held for a few field updates, and one per call
+# would cost an allocation for every task run
 
 
 def _raise_in(thread: int, exc: type[BaseException] | None) -> None:
@@ -29,10 +31,9 @@ def _raise_in(thread: int, exc: type[BaseException] | None) -> None:
 class StoppableCall:
     """One call of a task's function that ``stop()`` can interrupt from any thread, once."""
 
-    __slots__ = ("_lock", "_thread", "_sent", "_asked", "_held_back", "_depth")
+    __slots__ = ("_thread", "_sent", "_asked", "_held_back", "_depth")
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._thread: int | None = None  # the thread running the function, while it runs
         self._sent: type[BaseException] | None = None  # the exception sent to it
         self._asked: type[BaseException] | None = None  # stop() came before the call began
@@ -49,7 +50,7 @@ class StoppableCall:
         outer = getattr(_running, "call", None)
         _running.call = self
         try:
-            with self._lock:
+            with _lock:
                 if self._asked is not None:
                     raise self._asked("the task was stopped before it started")
                 self._thread = threading.get_ident()
@@ -65,7 +66,7 @@ class StoppableCall:
     def stop(self, exc: type[BaseException] = TaskStopped) -> None:
         """Raise ``exc`` in the thread running the function (at once if it has not begun; nothing if it ended;
         once its shielded code is done if it runs some)."""
-        with self._lock:
+        with _lock:
             if self._sent or self._held_back:
                 return
             if self._thread is None:
@@ -78,7 +79,7 @@ class StoppableCall:
 
     def _shield(self, step: int) -> None:
         """Enter (``step`` 1) or leave (-1) a shielded block in the function's thread."""
-        with self._lock:
+        with _lock:
             self._depth += step
             if self._thread is None:
                 return
@@ -92,7 +93,7 @@ class StoppableCall:
     def _disarm(self, outer: StoppableCall | None) -> None:
         """The function returned: no exception may reach the engine's code after this (one sent and not yet
         delivered is withdrawn; one delivered while this runs is the one sent, and ``run`` drops it)."""
-        with self._lock:
+        with _lock:
             thread, self._thread = self._thread, None
             if self._sent and thread is not None:
                 _raise_in(thread, None)

@@ -60,7 +60,7 @@ class _LocalAttempt(Attempt):
         self.child: Any = None  # the child process running it (process pool)
         self.call = StoppableCall()  # its function's call in the pool thread
         self.halted = False  # ``stop()``: its child (if any) got SIGTERM and must not be reused
-        self.kills: list = []  # the timers that SIGKILL its child once a stop's grace is over
+        self.kills: tuple = ()  # the timers that SIGKILL its child once a stop's grace is over
 
 
 class LocalEngine(Engine):
@@ -245,7 +245,7 @@ class LocalEngine(Engine):
         kill = self._timeouts.call_later(grace, functools.partial(self._kill_halted, attempt, child))
         with self._lock:
             if attempt.child is child:
-                attempt.kills.append(kill)
+                attempt.kills += (kill,)
                 return
         self._timeouts.cancel(kill)  # it ended meanwhile
 
