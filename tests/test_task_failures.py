@@ -118,6 +118,7 @@ def test_close_returns_at_once_cancels_what_has_not_started_and_running_tasks_fi
 
 
 def test_keyboard_interrupt_during_gather_leaves_no_limit_held():
+    import gc
     import signal
     import sys
 
@@ -138,7 +139,13 @@ def test_keyboard_interrupt_during_gather_leaves_no_limit_held():
 
     def interrupt_main_once_it_waits_in_gather():
         main = threading.main_thread().ident
-        wait_for(lambda: in_gather(sys._current_frames().get(main)), what="the main thread to wait in gather")
+        # sys._current_frames() makes frame objects under the interpreter's thread-list lock: a garbage collection
+        # there that frees a threading.local (an engine of an earlier test) takes that lock again and deadlocks
+        gc.disable()
+        try:
+            wait_for(lambda: in_gather(sys._current_frames().get(main)), what="the main thread to wait in gather")
+        finally:
+            gc.enable()
         signal.pthread_kill(main, signal.SIGINT)
 
     futs = infer.map(range(3))
