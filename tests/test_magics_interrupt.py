@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from magics_nb.kernel import Kernel
+from magics_nb.kernel import Kernel, interrupt_while_blocked
 
 
 @pytest.fixture
@@ -13,22 +13,6 @@ def kernel(limits_dir):
     yield k
     k.run("gate.set()")
     k.close()
-
-
-def interrupt_while_blocked(kernel: Kernel, code: str):
-    """Run ``code``, which prints 'blocking' and then blocks in nbflow; interrupt it there; return its execution.
-
-    A SIGINT can land between the print and the blocking call; then the cell is simply run again.
-    """
-    for _ in range(5):
-        msg_id = kernel.send(code)
-        kernel.wait_for_stream(msg_id, "blocking")
-        kernel.interrupt()
-        ex = kernel.collect(msg_id)
-        assert ex.reply["ename"] == "KeyboardInterrupt"
-        if "stopped waiting" in "\n".join(ex.reply["traceback"]):
-            return ex
-    raise AssertionError("the interrupt never reached the wait")
 
 
 def test_interrupting_wait_keeps_the_task_which_rebinds_later(kernel):

@@ -7,7 +7,7 @@ import os
 import time
 
 import pytest
-from magics_nb.kernel import Kernel
+from magics_nb.kernel import Kernel, interrupt_while_blocked
 
 SETUP = "import threading, nbflow\nstarted, cleaned, gate = threading.Event(), threading.Event(), threading.Event()"
 
@@ -155,20 +155,6 @@ def test_the_help_lists_stop(kernel):
     page = kernel.run("%nbflow?").reply["payload"][0]["data"]["text/plain"]
     assert "%nbflow stop [--all] [--grace SECONDS] [NAME ...]" in page, page
     assert "SIGTERM (then SIGKILL after --grace seconds)" in page
-
-
-def interrupt_while_blocked(kernel: Kernel, code: str, marker: str):
-    """Run ``code``, which prints 'blocking' and then blocks; interrupt it; return the execution once the
-    interrupt has reached the wait (its traceback holds ``marker``; a SIGINT before the wait: run it again)."""
-    for _ in range(5):
-        msg_id = kernel.send(code)
-        kernel.wait_for_stream(msg_id, "blocking")
-        kernel.interrupt()
-        ex = kernel.collect(msg_id)
-        assert ex.reply["ename"] == "KeyboardInterrupt"
-        if marker in "\n".join(ex.reply["traceback"]):
-            return ex
-    raise AssertionError("the interrupt never reached the wait")
 
 
 def test_an_interrupted_wait_says_how_to_stop_the_task(kernel):

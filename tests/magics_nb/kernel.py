@@ -146,3 +146,18 @@ def cell_text(cell: nbformat.NotebookNode) -> str:
         elif out.output_type == "error":
             parts.append("\n".join(out.traceback))
     return "\n".join(parts)
+
+
+def interrupt_while_blocked(kernel: Kernel, code: str, marker: str = "stopped waiting"):
+    """Run ``code``, which prints 'blocking' and then blocks in nbflow; interrupt it; return its execution once
+    the interrupt has reached the wait (its traceback holds ``marker``). A SIGINT can land between the print and
+    the blocking call; then the cell is simply run again."""
+    for _ in range(5):
+        msg_id = kernel.send(code)
+        kernel.wait_for_stream(msg_id, "blocking")
+        kernel.interrupt()
+        ex = kernel.collect(msg_id)
+        assert ex.reply["ename"] == "KeyboardInterrupt"
+        if marker in "\n".join(ex.reply["traceback"]):
+            return ex
+    raise AssertionError("the interrupt never reached the wait")
