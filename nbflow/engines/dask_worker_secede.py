@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 from distributed import rejoin, secede
 
-from ..errors import LimitTimeout, TaskStopped
+from ..errors import TaskStopped
 from ..thread_stop import StoppableCall
 
 _state = threading.local()  # per task thread: depth of nested waits, so we secede and rejoin once
@@ -37,18 +37,13 @@ def seceded() -> Iterator[None]:
         rejoin_once()
 
 
-STOP_POLL = 0.5  # seconds a wait for a limit blocks before it looks whether the task was stopped meanwhile
-
-
 def acquire_limits(demands: dict, name: str, call: StoppableCall) -> list:
     """The task's machine-wide limits; ``TaskStopped`` if ``call`` is stopped while it waits for them (its thread,
     blocked in the wait, would not see an exception raised in it before the limits came)."""
-    from ..machine_limits import acquire_all
+    from ..machine_limits.api import acquire_all_unless
 
     with seceded():  # waiting for a machine-wide limit must not hold a worker thread
-        while True:
-            try:
-                return acquire_all(demands, timeout=STOP_POLL, task=name)
-            except LimitTimeout:
-                if call.stopped:
-                    raise TaskStopped(f"task {name!r} was stopped while it waited for its limits") from None
+        holdings = acquire_all_unless(demands, lambda: call.stopped, task=name)
+    if holdings is None:
+        raise TaskStopped(f"task {name!r} was stopped while it waited for its limits")
+    return holdings

@@ -12,10 +12,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ..errors import LimitTimeout
 from ..machine_limits import Holding, acquire_all
-
-POLL = 0.5  # seconds a line waits in one acquire before it re-checks for cancellation and close
+from ..machine_limits.api import acquire_all_unless
 
 
 class _Line:
@@ -122,9 +120,4 @@ class Grants:
 
     def _acquire(self, item: Any) -> list[Holding] | None:
         """The holdings, or None if the item was cancelled or the engine closed while it waited."""
-        while True:
-            try:
-                return acquire_all(item.demands, timeout=POLL, task=item.name)
-            except LimitTimeout:
-                if self._closed or item.fut.cancelled():
-                    return None
+        return acquire_all_unless(item.demands, lambda: self._closed or item.fut.cancelled(), task=item.name)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from ..errors import TaskStopped
+from ..errors import LimitTimeout, TaskStopped
 from ..specs import NAME_RE, check_amount, check_name, check_timeout
 from ..thread_stop import shielded
 from .holding import Holding
@@ -77,6 +77,22 @@ def acquire_all(demands: Mapping[str, float], *, timeout: float | None = None, t
                 holding.release()
             raise
     return held
+
+
+GIVE_UP_POLL = 0.5  # seconds ``acquire_all_unless`` waits in one turn before it asks whether to give up
+
+
+def acquire_all_unless(
+    demands: Mapping[str, float], give_up: Callable[[], bool], *, task: str = ""
+) -> list[Holding] | None:
+    """``acquire_all`` for a waiter that may be abandoned while it waits (a task cancelled or stopped meanwhile, an
+    engine closed): waits in turns of ``GIVE_UP_POLL`` seconds; ``None`` once ``give_up()`` says so."""
+    while True:
+        try:
+            return acquire_all(demands, timeout=GIVE_UP_POLL, task=task)
+        except LimitTimeout:
+            if give_up():
+                return None
 
 
 async def acquire_async(name: str, amount: float = 1.0, *, timeout: float | None = None, task: str = "") -> Holding:
