@@ -43,7 +43,7 @@ def _occupancy() -> Mapping[str, Any]:
     eng = engine()
     running = [
         {"key": fut.key, "name": fut.name, "status": fut.status, "worker": fut.worker}
-        for fut in eng.running_futures()[:RUNNING_ROWS]
+        for fut in eng.running_futures(RUNNING_ROWS)
     ]
     return {**eng.occupancy(), "running": running}
 

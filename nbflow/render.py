@@ -11,18 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .machine_limits.status import Holder
-
-_BYTE_UNITS = ("kB", "MB", "GB", "TB", "PB")
+from .specs import size_text
 
 
 def format_amount(resource: str, amount: float) -> str:
     """``2``, ``0.5``, or decimal bytes for ``MEMORY`` (``70 GB``), as the user wrote them."""
-    if resource.upper() == "MEMORY" and abs(amount) >= 1000:
-        unit = 0
-        while abs(amount) >= 1000 and unit < len(_BYTE_UNITS):
-            amount /= 1000
-            unit += 1
-        return f"{amount:.3g} {_BYTE_UNITS[unit - 1]}"
+    if resource.upper() == "MEMORY" and amount >= 1000:
+        return size_text(amount)
     return f"{amount:.3g}" if amount != int(amount) else str(int(amount))
 
 

@@ -68,6 +68,7 @@ def test_the_stop_message_stops_the_task_and_the_panel_shows_it(kernel):
     _, snap = panel_state(kernel, lambda s: rows(s).get("held", {}).get("status") == "stopping", "held stopping")
     assert snap["tasks"]["stopping"] == 1
     click_stop(kernel, comm, "no-such-key")  # a stale button (the task ended meanwhile) is ignored
+    assert kernel.run("print(nbflow.panel.stop_task('no-such-key'))").stream("stdout") == "False\n"
     ex = kernel.run("release.set()\nnbflow.wait([spun, holding])\nprint(spun.status, holding.status)")
     assert ex.stream("stdout") == "cancelled cancelled\n"
     panel_state(kernel, lambda s: not rows(s) and s["tasks"]["cancelled"] == 2, "no running task")

@@ -414,20 +414,28 @@ def test_stopping_again_with_a_shorter_grace_kills_the_child_now(tmp_path):
 
 
 def test_a_stop_that_lands_while_the_child_is_being_set_up_still_stops_the_task(monkeypatch):
-    """The stop is slowed down (only the order of events matters here): it reads "no child yet" while the pool
-    thread is starting one; that child must not then run the task."""
+    """The stop is held up (only the order of events matters here): it reads "no child yet", then goes on once the
+    pool thread has started one; that child must not then run the task."""
     from nbflow import thread_stop
+    from nbflow.engines import procpool
 
-    stop = thread_stop.StoppableCall.stop
+    stop, start = thread_stop.StoppableCall.stop, procpool.ChildProcess.start
+    child_started = threading.Event()
 
-    def slow_stop(self, exc=nbflow.TaskStopped):
-        time.sleep(0.5)  # the pool thread starts the child and would hand it the task meanwhile
+    def started_start(self, env):
+        pid = start(self, env)
+        child_started.set()
+        return pid
+
+    def late_stop(self, exc=nbflow.TaskStopped):
+        assert child_started.wait(WAIT)  # the pool thread has a child, and would hand it the task
         stop(self, exc)
 
-    monkeypatch.setattr(thread_stop.StoppableCall, "stop", slow_stop)
+    monkeypatch.setattr(procpool.ChildProcess, "start", started_start)
+    monkeypatch.setattr(thread_stop.StoppableCall, "stop", late_stop)
     nbflow.use("local", workers=1, processes=True)
     fut = nbflow.task(spin_forever).submit()
-    wait_for(lambda: fut.status == "running", WAIT, interval=0)
+    wait_for(lambda: fut.status == "running", WAIT)
     assert fut.stop(grace=0.1)
     nbflow.wait([fut], timeout=WAIT)
     assert fut.cancelled()

@@ -462,11 +462,11 @@ class Engine:
         with self._lock:
             return dict(self._counts)
 
-    def running_futures(self) -> list[Future]:
-        """The futures of this engine's tasks that run now or are stopping, in the order they started (the
-        panel lists them, each with a stop button)."""
+    def running_futures(self, limit: int | None = None) -> list[Future]:
+        """The futures of this engine's tasks that run now or are stopping, in the order they started, the first
+        ``limit`` of them (the panel lists them, each with a stop button)."""
         with self._lock:
-            return [run.fut for run in self._active]
+            return [run.fut for run in itertools.islice(self._active, limit)]
 
 
 def _placeholder(_: Future) -> None:

@@ -193,9 +193,9 @@ class LocalEngine(Engine):
         keep = [h.fileno() for h in attempt.holdings]
         bound, watch = run.task.options.max_memory, None
         if bound is not None:
-            from .memory_watch import watcher_of
+            from .memory_watch import watcher
 
-            watch = functools.partial(watcher_of(self).watch, bound, run.name)
+            watch = functools.partial(watcher.watch, bound, run.name)
         return functools.partial(child.run, fn, args, kwargs, env, keep, ctx, watch), None
 
     def _stop_timer(self, attempt: _LocalAttempt) -> None:

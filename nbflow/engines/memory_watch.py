@@ -4,9 +4,9 @@ tasks and kills one whose memory passes its bound.
 What is measured is the resident memory (RSS) of the child plus every process descending from it (a shared page
 counts in each process that maps it), read from ``/proc`` every ``POLL`` seconds: a few small file reads per
 process, so the watch costs well under a millisecond a round. The thread runs only while a bounded task runs: it
-starts with the first one and ends when none is left, so an engine whose tasks have no ``max_memory`` never
-creates it. Past the bound, the child and the descendants seen in that round get SIGKILL at once (a process that
-had left the tree by then, e.g. a daemon that double-forked, is not seen).
+starts with the first one and ends when none is left, so tasks without ``max_memory`` never create it. Past the
+bound, the child's process group and the descendants seen in that round get SIGKILL at once (a daemon that
+double-forked out of the tree is still in the group; one that made its own session is neither counted nor killed).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import signal
 import sys
 import threading
 import time
-import weakref
 
 from ..errors import EngineConfigError, OutOfMemory
 from ..specs import size_text
@@ -43,19 +42,6 @@ def check_watchable(task: str, processes: bool) -> None:
         raise EngineConfigError(
             f"task {task!r} has max_memory, which needs Linux: its processes' memory is read from /proc"
         )
-
-
-_watches: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # engine -> its MemoryWatch
-_watches_lock = threading.Lock()
-
-
-def watcher_of(engine: object) -> MemoryWatch:
-    """``engine``'s watch, made when its first bounded task runs (most engines never need one)."""
-    with _watches_lock:
-        watch = _watches.get(engine)
-        if watch is None:
-            watch = _watches[engine] = MemoryWatch()
-        return watch
 
 
 class Watched:
@@ -86,7 +72,7 @@ class Watched:
 
 
 class MemoryWatch:
-    """The watcher of one local engine's children; ``watch`` registers a child for the length of one attempt."""
+    """The watcher of the children running bounded tasks; ``watch`` registers one for the length of one attempt."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -129,6 +115,10 @@ class MemoryWatch:
                 return
             entry.over = True  # before the kill: whoever sees the child die then reads it
             self._watched.discard(entry)
+            try:
+                os.killpg(entry.pid, signal.SIGKILL)  # the child's group: also what left the tree but not the group
+            except OSError:  # no group yet
+                pass
             for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -162,3 +152,6 @@ def _rss(pid: int) -> int:
             return int(f.read().split()[1]) * _PAGE
     except (OSError, IndexError, ValueError):
         return 0
+
+
+watcher = MemoryWatch()  # one for the process: each watched entry carries its own child, bound and task

@@ -126,15 +126,17 @@ class ChildProcess:
 
     def _signal(self, sig: int) -> None:
         """Signal the child's process group (it leads one: what the task started is in it, and a forked helper
-        holding the child's pipe or shares would otherwise outlive it), and the child itself in case it has not
-        made its group yet."""
+        holding the child's pipe or shares would otherwise outlive it), or the child alone if it has not made its
+        group yet (once each: a second SIGTERM would interrupt the task's own handler of the first)."""
         proc = self._proc
         if proc is None:
             return
-        for send in (os.killpg, os.kill):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:  # no such group yet
             try:
-                send(proc.pid, sig)
-            except OSError:  # no such group yet, or gone
+                os.kill(proc.pid, sig)
+            except ProcessLookupError:  # gone
                 pass
 
     def close(self) -> None:

@@ -108,25 +108,26 @@ class NbflowMagics(Magics):
         self._wait_for(cells)
         self.cells.waited(cells)
 
-    def _cancel(self, rest: str) -> None:
-        parsed = args.parse(args.cancel, rest)
+    def _chosen(self, parsed: Any, verb: str) -> list[TaskCell]:
+        """The cells ``%nbflow cancel``/``stop`` act on: ``--all`` unfinished ones, or those named (a name covers
+        every unfinished cell of that name: a cell run twice runs twice)."""
         if parsed.all == bool(parsed.names):
-            raise UsageError("%nbflow cancel: name the task cells to cancel, or use --all (not both)")
-        cells = self.cells.unfinished() if parsed.all else self.cells.find(parsed.names)
+            raise UsageError(f"%nbflow {verb}: name the task cells to {verb}, or use --all (not both)")
+        if parsed.all:
+            return self.cells.unfinished()
+        cells = self.cells.find(parsed.names)
+        named = {cell.name for cell in cells}
+        return list(dict.fromkeys(cells + [cell for cell in self.cells.unfinished() if cell.name in named]))
+
+    def _cancel(self, rest: str) -> None:
+        cells = self._chosen(args.parse(args.cancel, rest), "cancel")
         kept = [cell.name for cell in cells if not cell.cancel() and cell.outcome != "cancelled"]
         note = f"; already running or done: {', '.join(kept)}" if kept else ""
         print(f"nbflow: cancelled {len(cells) - len(kept)} task cell(s){note}")
 
     def _stop(self, rest: str) -> None:
         parsed = args.parse(args.stop, rest)
-        if parsed.all == bool(parsed.names):
-            raise UsageError("%nbflow stop: name the task cells to stop, or use --all (not both)")
-        if parsed.all:
-            cells = self.cells.unfinished()
-        else:  # a name stops every unfinished cell of that name (a cell run twice runs twice)
-            cells = self.cells.find(parsed.names)
-            named = {cell.name for cell in cells}
-            cells = list(dict.fromkeys(cells + [cell for cell in self.cells.unfinished() if cell.name in named]))
+        cells = self._chosen(parsed, "stop")
         if not cells:
             print("nbflow: no unfinished task cells to stop")
             return
