@@ -62,6 +62,7 @@ __all__ = [
     "cache_entries",
     "concurrency",
     "current",
+    "debug",
     "engine",
     "gather",
     "limit",
@@ -81,6 +82,15 @@ def stop(futures: Future | Iterable[Future], grace: float | str = STOP_GRACE) ->
     cancelled or stopping. Returns at once: ``nbflow.wait(futures)`` waits until they have really stopped."""
     items = [futures] if isinstance(futures, Future) else list(futures)
     return sum(f.stop(grace) for f in items)
+
+
+def debug(future: Future, commands: Iterable[str] | None = None) -> None:
+    """Open pdb post-mortem at the line of the task's code that raised (for a task that never ran because an
+    upstream task failed: that task). ``commands``: run those pdb commands instead of asking, printing each with its
+    answer (``nbflow.debug(fut, commands=["p y", "where"])``, for notebooks run unattended)."""
+    from .debugging.kernel_debugger import debug as run
+
+    run(future, None if commands is None else list(commands))
 
 
 def cache_entries() -> list[Any]:

@@ -34,8 +34,9 @@ class LimitTimeout(NbflowError, TimeoutError):
 class UpstreamError(NbflowError):
     """A dependency of this task failed or was cancelled (or stopped), so the task never ran."""
 
-    def __init__(self, failed: str, cause: BaseException | None = None) -> None:
+    def __init__(self, failed: str, cause: BaseException | None = None, upstream: object = None) -> None:
         self.failed = failed
+        self.upstream = upstream  # (in the kernel) the upstream future: ``nbflow.debug`` follows it to the failure
         if isinstance(cause, UpstreamError):  # name the task that really failed, not every hop that never ran
             self.origin: str = cause.origin
             super().__init__(f"upstream task {failed!r} failed: its upstream {self.origin}")
@@ -98,11 +99,13 @@ class RemoteError(NbflowError):
 
 def portable(exc: BaseException, traceback_text: str = "") -> BaseException:
     """``exc`` if it survives pickling to another process, else a ``RemoteError`` with its type name, message
-    and traceback text (used where a task's exception leaves the process that raised it)."""
+    and traceback text (used where a task's exception leaves the process that raised it). Drops ``exc``'s
+    traceback: what needs its frames must be done first."""
     import pickle
 
     import cloudpickle
 
+    exc = exc.with_traceback(None)  # its frames leave as text (and a snapshot); one deep traceback would not pickle
     try:
         pickle.loads(cloudpickle.dumps(exc))
     except Exception:

@@ -64,9 +64,9 @@ class Future(cf.Future):
         self.cache_key: str | None = None  # a cached task's: the key its value is stored under
         self.cached: Any = None  # the cache entry it was read from (``caching.Entry``), if it did not run
         # the engines' (below): the status while not done (pending | waiting | running), the hook that tells the
-        # engine, once, that cancel() succeeded, and what the failed attempt reported beside its exception
+        # engine, once, that cancel() succeeded, and what it keeps of its failed attempt (``debugging.kernel_failure``)
         self._phase = "pending"
-        self._report: dict | None = None
+        self._failure: Any = None
         self._on_cancel: Callable[[], object] | None = None
         self._on_stop: Callable[[float], bool] | None = None
         self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
@@ -135,6 +135,15 @@ class Future(cf.Future):
             return self.cancelled()
         hook = self._on_stop
         return hook(grace) if hook is not None else self.cancel()
+
+    def replay(self) -> Any:
+        """Run this failed task's last attempt again, here in the calling thread, with the inputs it received
+        (dependency values included), so that ``breakpoint()`` or ``%debug`` can step through it; returns or raises
+        what the task's function does. Side effects run again. A task that never ran (an upstream failed) replays
+        the task that failed."""
+        from .debugging.kernel_failure import origin
+
+        return origin(self)[1].replay()
 
     # --- the engines' side: like ``set_running_or_notify_cancel``, only engine implementations call these ---------
 
@@ -276,8 +285,8 @@ def substitute(obj: Any, replace: Callable[[Future], Any], _path: frozenset[int]
 def upstream_value(dep: Future) -> Any:
     """The value of a finished dependency, or ``UpstreamError`` naming it if it failed or was cancelled."""
     if dep.cancelled():
-        raise UpstreamError(dep.name)
+        raise UpstreamError(dep.name, None, dep)
     exc = dep.exception()
     if exc is not None:
-        raise UpstreamError(dep.name, exc) from exc
+        raise UpstreamError(dep.name, exc, dep) from exc
     return dep.result()

@@ -86,7 +86,8 @@ def test_a_failure_whose_text_utf8_cannot_carry_shows_escaped_under_its_cell(ker
     assert waited.stream("stderr") == "nbflow: 1 task cell(s) failed: fails (ValueError)\n"
     kernel.drain()
     shown = text(kernel.displays[streams])
-    assert shown.startswith("before \\ud800\nTraceback") and shown.endswith("ValueError: bad \\ud800 name")
+    hint = "(%nbflow debug fails opens the debugger where it raised; %nbflow replay fails runs it again here)"
+    assert shown.startswith("before \\ud800\nTraceback") and shown.endswith(f"ValueError: bad \\ud800 name\n{hint}")
 
     blocking = '%%nbflow task --block --name blocks\nprint("before \\ud800")\nraise ValueError("bad \\udcff")'
     blocked = kernel.run(blocking)

@@ -45,7 +45,8 @@ def test_failure_shows_the_cells_own_traceback_and_dependents_get_upstream_error
     # the traceback under the failing cell, with that cell's line numbers (line 1 is the %%nbflow line)
     assert re.search(r"\[nbflow\] x: failed after [0-9.]+ s\nbefore the error\n", failing), failing
     assert 'File "Cell In[2]", line 4, in <module>\n    y = x / 0' in failing
-    assert failing.rstrip().endswith("ZeroDivisionError: division by zero")
+    hint = "(%nbflow debug x opens the debugger where it raised; %nbflow replay x runs it again here)"
+    assert failing.rstrip().endswith(f"ZeroDivisionError: division by zero\n{hint}")
     assert "magics" not in failing  # no nbflow frames
     assert re.search(r"\[nbflow\] z: failed after .*\nUpstreamError: upstream task 'x.y' failed", dependent)
     assert "2 task cell(s) failed: x (ZeroDivisionError), z (UpstreamError)" in wait

@@ -62,6 +62,12 @@ class Reported(Exception):
         self.error = error
         self.report = report
 
+    def __str__(self) -> str:  # short: Dask replaces an exception whose text is long with its first 10,000 characters
+        return f"{type(self.error).__name__} (with nbflow's report)"
+
+    def __repr__(self) -> str:  # what a worker's log shows: the task's error, not the report's bytes
+        return repr(self.error)
+
 
 def retry_delay(exc: BaseException, number: int, options: Any) -> float | None:
     """After attempt ``number`` raised ``exc``: the seconds to wait before the next attempt, or ``None`` if there

@@ -190,8 +190,6 @@ class Engine:
     def call(self, task: Runnable, args: tuple, kwargs: dict) -> Any:
         """Run ``task`` here and now, holding ``_holds(task)``; dependencies are waited for and ``retries`` and
         ``retry_delay`` apply. No ``timeout``: the caller's own thread cannot be stopped."""
-        from ..machine_limits import acquire_all
-
         deps = find_futures((args, kwargs))
         if deps:
             with blocking():
@@ -199,22 +197,14 @@ class Engine:
             args, kwargs = substitute((args, kwargs), upstream_value)
         opts = task.options
         demands = self._holds(task)
-        key, here = new_key(opts.name), threading.current_thread().name
+        key = new_key(opts.name)
         for number in itertools.count():
-            attempt = Attempt(number, key, opts.name)
             try:
-                if demands:
-                    with blocking(), shielded:  # in a task's thread, waiting for a limit lends the thread out
-                        attempt.holdings = acquire_all(demands, task=opts.name)
-                attempt.pick_gpus(self.cuda_visible)
-                with context.running(attempt.context(here, demands)):
-                    return task.fn(*args, **kwargs)
+                return run_here(task.fn, args, kwargs, demands, Attempt(number, key, opts.name), self.cuda_visible)
             except Exception as exc:
                 delay = retry_delay(exc, number, opts)
                 if delay is None:
                     raise
-            finally:
-                attempt.release()
             time.sleep(delay)  # the caller's own thread waits: the lifecycle's timers are for placed runs
 
     def close(self) -> None:
@@ -267,7 +257,7 @@ class Engine:
 
         def on_done(dep: cf.Future) -> None:
             if dep.cancelled() or dep.exception() is not None:
-                self._settle(run, exc=UpstreamError(dep.name, None if dep.cancelled() else dep.exception()))
+                self._settle(run, exc=UpstreamError(dep.name, None if dep.cancelled() else dep.exception(), dep))
             if next(ticks) == total:
                 with self._lock:
                     self._blocked.discard(run)
@@ -345,7 +335,7 @@ class Engine:
             return
         if delay is None:
             if exc is not None:
-                run.fut._report = attempt.report
+                run.fut._failure = self._failure(run, attempt, exc)
             self._set(run, value, exc)
             return
         if not run.fut._claim():  # it ran (briefly, unreported): no longer cancellable, unless cancelled just now
@@ -358,6 +348,13 @@ class Engine:
                 self._delayed[run] = self._delays.call_later(delay, functools.partial(self._delay_over, run))
                 return
         self._abandon(run)
+
+    def _failure(self, run: Run, attempt: Attempt, exc: BaseException) -> Any:
+        """What the future of a run that failed keeps of its last attempt, to debug and replay it."""
+        from ..debugging.kernel_failure import Failure
+
+        inputs = (run.args, run.kwargs)
+        return Failure(run.task, attempt.number, run.fut.worker, exc, attempt.report, inputs, self._holds(run.task))
 
     def _delay_over(self, run: Run) -> None:
         with self._lock:
@@ -467,6 +464,24 @@ class Engine:
         ``limit`` of them (the panel lists them, each with a stop button)."""
         with self._lock:
             return [run.fut for run in itertools.islice(self._active, limit)]
+
+
+def run_here(
+    fn: Any, args: tuple, kwargs: dict, demands: Mapping[str, float], attempt: Attempt, cuda_visible: str | None
+) -> Any:
+    """Run ``fn`` as ``attempt`` in the calling thread, holding the machine limits ``demands`` (and the GPUs they hand
+    out) while it runs: a direct call of a task, or a replay of its failed attempt."""
+    from ..machine_limits import acquire_all
+
+    try:
+        if demands:
+            with blocking(), shielded:  # in a task's thread, waiting for a limit lends the thread out
+                attempt.holdings = acquire_all(demands, task=attempt.name)
+        attempt.pick_gpus(cuda_visible)
+        with context.running(attempt.context(threading.current_thread().name, demands)):
+            return fn(*args, **kwargs)
+    finally:
+        attempt.release()
 
 
 def _placeholder(_: Future) -> None:

@@ -31,6 +31,7 @@ from .dask_attempt_keys import attempt_key
 from .dask_cluster import connect
 from .dask_worker_events import SIDE_TOPIC, STARTED_TOPIC
 from .dask_worker_probe import probe
+from .dask_worker_snapshots import fetch as fetch_locals
 from .dask_worker_stops import stop_attempt
 from .dask_worker_task import run_task
 
@@ -206,7 +207,11 @@ class DaskEngine(Engine):
         elif status == "error":
             exc = dask_future.exception()
             if isinstance(exc, Reported):
-                exc, run.attempt.report = exc.error, exc.report
+                report = run.attempt.report = exc.report
+                exc = exc.error
+                run.fut.worker = run.fut.worker or report.get("worker")
+                if report["frames"].left is not None:  # its big locals wait on the worker, fetched only if debugged
+                    report["fetch"] = functools.partial(fetch_locals, self.client)
             elif isinstance(exc, KilledWorker):
                 exc = self._worker_died(run.name, exc)
             self._ended(run, run.attempt, exc=exc.with_traceback(dask_future.traceback()))

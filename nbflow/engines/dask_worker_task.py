@@ -16,6 +16,7 @@ from .. import context, devices, sidechannel
 from ..errors import TaskStopped, portable
 from ..futures import set_block_hook
 from ..options import Runnable
+from . import dask_worker_snapshots as snapshots
 from . import dask_worker_stops as stops
 from .attempt import Attempt, Reported
 from .core import bind
@@ -65,18 +66,31 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
             return None
         raise
     except Exception as exc:
-        report = context.take_report(exc)
-        sendable = portable(exc, traceback.format_exc())
-        if report is not None:
-            raise Reported(sendable, report).with_traceback(exc.__traceback__) from None
-        if sendable is exc:
-            raise
-        raise sendable from None
+        failed = _reported(exc, args, kwargs, worker, dask_key)
     finally:
         stops.end(dask_key)
         starts.end(dask_key)
         set_block_hook(None)
         bind(previous)
+    raise failed  # (outside the handler: the user's exception, deep traceback and all, is not its context)
+
+
+def _reported(exc: Exception, args: tuple, kwargs: dict, worker: Any, dask_key: str) -> Reported:
+    """The failed attempt's exception with its report (a snapshot of its frames, its big locals kept here), and the
+    innermost frames of its traceback: Dask pickles it with its traceback, and one a few hundred frames deep does
+    not pickle (the task's future would never be set)."""
+    from ..debugging.worker_snapshot import FRAMES_KEPT, report
+
+    sent = report(exc, (args, kwargs), frames=True)
+    sent["worker"] = str(worker.name)  # (a task that fails at once ends before its start is reported)
+    snapshots.keep_big_locals(sent["frames"], worker.address, dask_key)
+    tb, depth = exc.__traceback__, 0
+    chain = tb
+    while chain is not None:
+        depth, chain = depth + 1, chain.tb_next
+    for _ in range(depth - FRAMES_KEPT):
+        tb = tb.tb_next if tb is not None else None
+    return Reported(portable(exc, traceback.format_exc()), sent).with_traceback(tb)
 
 
 def _pick_gpus(worker: Any, attempt: Attempt, amount: float, dask_key: str) -> None:

@@ -151,9 +151,10 @@ class LocalEngine(Engine):
         if not self._started(run, thread):  # cancelled while queued
             self._release(attempt)
             return
-        value = exc = None
+        value = exc = inputs = None
         try:
-            call, ctx = self._prepare(run, attempt, thread)
+            inputs = self._arguments(run)
+            call, ctx = self._prepare(run, attempt, thread, *inputs)
             timeout = run.task.options.timeout
             if timeout is not None:
                 attempt.timer = self._timeouts.call_later(timeout, functools.partial(self._timed_out, run, attempt))
@@ -163,16 +164,19 @@ class LocalEngine(Engine):
             finally:
                 context.leave(saved)
         except BaseException as error:  # SystemExit, KeyboardInterrupt raised by the task end it too
+            from ..debugging.worker_snapshot import report
+
             exc = error
-            attempt.report = context.take_report(error)
+            attempt.report = report(error, inputs, frames=False)  # (a child's snapshot of its frames comes with it)
         self._stop_timer(attempt)
         self._release(attempt)
         self._ended(run, attempt, value, exc)
 
-    def _prepare(self, run: _LocalRun, attempt: _LocalAttempt, thread: str) -> tuple[Callable[[], Any], tuple | None]:
-        """Resolve the arguments and pick where the attempt runs (this thread, or this thread's child); the
-        task's context, with the GPUs its ``GPU`` share hands out."""
-        args, kwargs = self._arguments(run)
+    def _prepare(
+        self, run: _LocalRun, attempt: _LocalAttempt, thread: str, args: tuple, kwargs: dict
+    ) -> tuple[Callable[[], Any], tuple | None]:
+        """Pick where the attempt runs (this thread, or this thread's child); the task's context, with the GPUs its
+        ``GPU`` share hands out."""
         fn = run.task.fn
         attempt.pick_gpus(self.cuda_visible)
         timeout = run.task.options.timeout  # (the deadline is taken before the timer is armed: never after it fires)

@@ -111,8 +111,7 @@ class ChildProcess:
         if ok:
             return value
         value.__cause__ = RemoteTraceback(tb)
-        if report is not None:
-            context.report_failure(value, report)
+        context.report_failure(value, report)  # (its snapshot: ``debugging.worker_snapshot``)
         raise value
 
     def kill(self) -> None:
@@ -216,8 +215,10 @@ def _run(data: bytes) -> bytes:
         with context.running(ctx):
             reply = (True, fn(*args, **kwargs), "", None)
     except BaseException as exc:
-        text = traceback.format_exc()
-        reply = (False, portable(exc, text), text, context.take_report(exc))
+        from ..debugging.worker_snapshot import report
+
+        text, sent = traceback.format_exc(), report(exc, None, frames=True)  # (before ``portable`` drops its frames)
+        reply = (False, portable(exc, text), text, sent)
     finally:
         for key, old in saved.items():
             if old is None:

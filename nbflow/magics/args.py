@@ -120,6 +120,29 @@ def stop():
     SIGTERM (then SIGKILL after --grace seconds); each reads 'stopping' until it has stopped, then 'cancelled'."""
 
 
+@magic_arguments("nbflow debug")
+@argument(
+    "name",
+    nargs="?",
+    metavar="NAME",
+    help="A task cell, its output variable, or a variable holding a future; default: the most recent failure shown.",
+)
+def debug():
+    """Open pdb post-mortem at the line of a failed task's code that raised, wherever it ran (q leaves)."""
+
+
+@magic_arguments("nbflow replay")
+@argument(
+    "name",
+    nargs="?",
+    metavar="NAME",
+    help="A task cell, its output variable, or a variable holding a future; default: the most recent failure shown.",
+)
+def replay():
+    """Run a failed task's attempt again here, in the foreground, with the inputs it had, so that %debug or
+    breakpoint() can step through it (side effects run again). A task cell that now succeeds binds its outputs."""
+
+
 @magic_arguments("nbflow task")
 @argument("--name", help="Task name (default: the first variable the cell assigns, else cell-N).")
 @argument("--resources", nargs="+", metavar="NAME=AMOUNT", help=_RESOURCES_HELP)
@@ -149,9 +172,11 @@ LINE_COMMANDS = {
     "wait": wait,
     "cancel": cancel,
     "stop": stop,
+    "debug": debug,
+    "replay": replay,
 }
 ENGINES = {"local": use_local, "dask": use_dask}
-_ALL = (use_local, use_dask, limit, limits, status, monitor, wait, cancel, stop, task)
+_ALL = (use_local, use_dask, limit, limits, status, monitor, wait, cancel, stop, debug, replay, task)
 
 HELP = (
     "nbflow magics: run notebook cells as background tasks on the local engine or a Dask cluster.\n\n"

@@ -68,10 +68,11 @@ class TaskCell:
         self.ran = False  # once settled: an attempt had started (a cancelled cell was stopped, not just cancelled)
         self.interrupted = False  # a wait on it was interrupted: its status line says how to stop it
         self.error: BaseException | None = None
+        self.failed: Future | None = None  # once it failed: its future, which keeps the failure to debug and replay
         self.report: dict[str, Any] = {}  # stdout, stderr, traceback, value once settled
         self.cached: Any = None  # the cache entry its result was read from, if it did not run
         self._submitted = time.monotonic()
-        self._ended = 0.0
+        self.ended = 0.0
         self._drawn = 0  # the inbox version last drawn
         self._lock = threading.Lock()
 
@@ -80,6 +81,7 @@ class TaskCell:
         self.upstream = find_futures(list(inputs.values()))
         self._submitted = time.monotonic()
         sidechannel.listen(self.code.channel, self.inbox.receive)
+        self.code.register_source()  # (tracebacks and the debugger show the cell's lines)
         future = Task(self.code, self.options).submit(**inputs)
         self.future = future
         for name in self.plan.outputs:
@@ -108,7 +110,7 @@ class TaskCell:
 
     def state(self) -> str:
         """The status line: queued / waiting for GPU / running on worker X / stopping / done in 3.2 s / failed ..."""
-        took = f"{self._ended - self._submitted:.1f} s"
+        took = f"{self.ended - self._submitted:.1f} s"
         if self.cached is not None and self.outcome == "finished":
             made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.cached.created))
             return f"cached (run of {made}, which took {self.cached.duration:.1f} s)"
@@ -151,15 +153,15 @@ class TaskCell:
                 outcome = "cancelled"
                 self.ran = fut.worker is not None
             elif fut.exception() is not None:
-                outcome, self.error = "error", fut.exception()
-                report = dict(fut._report or {})
-                report.setdefault("traceback", summary(self.error))
+                outcome, self.error, self.failed = "error", fut.exception(), fut
+                report = dict(fut._failure.report if fut._failure is not None else {})
+                report["traceback"] = report.get("traceback", summary(self.error)).rstrip("\n") + self._hint(fut)
             else:
                 outcome, result, self.cached = "finished", fut.result(), fut.cached
                 self._rebind(result["outputs"])
                 report = {key: item for key, item in result.items() if key != "outputs"}
             with self._lock:
-                self._ended = time.monotonic()
+                self.ended = time.monotonic()
                 self.outcome, self.report = outcome, report
                 # keep no values alive: the notebook holds them now (or the failed futures do)
                 self.future, self.outputs, self.previous, self.upstream = None, {}, {}, []
@@ -169,6 +171,17 @@ class TaskCell:
             print(f"nbflow: finishing task cell {self.name!r} failed: {exc!r}", file=sys.__stderr__)
         finally:
             self.settled.set()
+
+    def _hint(self, fut: Future) -> str:
+        """The line under a failure that says how to debug it (none for a failure with no frames of the task's)."""
+        from ..debugging.kernel_debugger import debuggable
+
+        if not debuggable(fut):
+            return "\n"
+        name = self.name
+        return (
+            f"\n(%nbflow debug {name} opens the debugger where it raised; %nbflow replay {name} runs it again here)\n"
+        )
 
     def _rebind(self, values: dict[str, Any]) -> None:
         ns = self.shell.user_ns
@@ -246,6 +259,11 @@ class SubmittedCells:
     def waited(self, cells: list[TaskCell]) -> None:
         with self._lock:
             self._cells = [c for c in self._cells if c not in cells]
+
+    def failed(self) -> list[TaskCell]:
+        """Task cells that failed, the latest last."""
+        with self._lock:
+            return [c for c in self._by_name.values() if c.failed is not None]
 
     def unfinished(self) -> list[TaskCell]:
         with self._lock:

@@ -28,6 +28,13 @@ class NbflowMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.cells = SubmittedCells()
+        self.last_error: tuple[BaseException, float] | None = None  # the last error a cell showed, and when
+        shell.events.register("post_run_cell", self._note_error)
+
+    def _note_error(self, result: Any) -> None:
+        error = getattr(result, "error_in_exec", None)
+        if error is not None:
+            self.last_error = (error, time.monotonic())
 
     @line_cell_magic
     def nbflow(self, line: str, cell: str | None = None) -> Any:
@@ -38,6 +45,8 @@ class NbflowMagics(Magics):
             return self._task(rest, cell)
         if sub == "task":
             raise UsageError("%nbflow task is a cell magic: start the cell with %%nbflow task")
+        if sub == "replay":  # outside the handler below: the replayed task's own errors come out as they are
+            return self._replay(rest)
         if sub not in args.LINE_COMMANDS:
             valid = ", ".join([*args.LINE_COMMANDS, "task"])
             shown = f"unknown subcommand {sub!r}" if sub else "a subcommand is needed"
@@ -142,6 +151,71 @@ class NbflowMagics(Magics):
         note = f"; already done: {', '.join(done)}" if done else ""
         print(f"nbflow: {said}{note}")
 
+    def _debug(self, rest: str) -> None:
+        from IPython.core.error import StdinNotImplementedError
+
+        from ..debugging.kernel_debugger import debug
+
+        try:
+            debug(self._failed(args.parse(args.debug, rest).name))
+        except StdinNotImplementedError:
+            raise UsageError(
+                "%nbflow debug: this front-end sends the kernel no input, so pdb cannot ask for commands; run them"
+                ' with nbflow.debug(future, commands=["p x", "where"])'
+            ) from None
+
+    def _replay(self, rest: str) -> Any:
+        """Run the failed attempt here; a task cell binds its outputs and shows its last value, as a cell would."""
+        try:
+            fut = self._failed(args.parse(args.replay, rest).name)
+            from ..debugging.kernel_failure import origin
+
+            failed, failure = origin(fut)
+        except NbflowError as exc:
+            raise short_error(exc) from None
+        print(f"nbflow: replaying task {failed.name!r} here (attempt {failure.number + 1}, its inputs)", flush=True)
+        result = failure.replay()
+        if not isinstance(failure.task.fn, CellCode):
+            return result
+        self.shell.user_ns.update(result["outputs"])
+        return result["value"]
+
+    def _failed(self, name: str | None) -> Any:
+        """The future ``%nbflow debug``/``replay`` act on: that of the task cell (or output variable) ``name``, or of
+        a notebook variable ``name`` holding a future; without a name, the most recent failure shown."""
+        from ..futures import Future
+
+        if name is None:
+            return self._last_failure()
+        value = self.shell.user_ns.get(name)
+        try:
+            cell = self.cells.find([name])[0]
+        except UsageError:
+            if isinstance(value, Future):
+                return value
+            raise
+        if cell.failed is not None:
+            return cell.failed
+        if cell.future is not None:  # not finished yet
+            return cell.future
+        raise NbflowError(
+            f"task cell {name!r} did not fail: it {'was ' if cell.outcome == 'cancelled' else ''}"
+            f"{cell.outcome or 'was not submitted'}"
+        )
+
+    def _last_failure(self) -> Any:
+        """The failed task the notebook showed last: under a task cell, or raised in a cell (``fut.result()``)."""
+        shown: list[tuple[float, Any]] = [(cell.ended, cell.failed) for cell in self.cells.failed()]
+        if self.last_error is not None:
+            error, when = self.last_error
+            for fut in _futures_in(self.shell.user_ns):
+                if fut.done() and not fut.cancelled() and fut.exception() is error:
+                    shown.append((when, fut))
+                    break
+        if not shown:
+            raise NbflowError("no failed task to debug yet: name one, %nbflow debug NAME")
+        return max(shown, key=lambda item: item[0])[1]
+
     # --- the task cell ----------------------------------------------------------------------------------
 
     def _task(self, rest: str, body: str) -> Any:
@@ -218,6 +292,20 @@ class NbflowMagics(Magics):
         cancelled = [cell.name + (" (stopped)" if cell.ran else "") for cell in cells if cell.outcome == "cancelled"]
         if cancelled:
             print(f"nbflow: {len(cancelled)} task cell(s) cancelled: {', '.join(cancelled)}", file=sys.stderr)
+
+
+def _futures_in(namespace: dict[str, Any]) -> list[Any]:
+    """The futures among the notebook's variables, and in their lists, tuples and dicts (one level down)."""
+    from ..futures import Future
+
+    found = []
+    for value in list(namespace.values()):
+        if isinstance(value, Future):
+            found.append(value)
+        elif isinstance(value, (list, tuple, dict)) and len(value) <= 100_000:
+            items = value.values() if isinstance(value, dict) else value
+            found += [item for item in items if isinstance(item, Future)]
+    return found
 
 
 def _cell_number(shell: Any) -> int:

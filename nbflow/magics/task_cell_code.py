@@ -42,19 +42,16 @@ class CellCode:
         return self.source
 
     def __call__(self, **inputs: Any) -> dict[str, Any]:
-        namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
-        body, last = self._compile()
         per_thread_figures.per_thread()
         if running_shell() is None:  # a child process, a Dask worker: show what the kernel would show
             figures.headless()
             task_display.use_for_ipython()
-            namespace.setdefault("display", task_display.display)  # a builtin in the kernel
+            inputs = {"display": task_display.display, **inputs}  # a builtin in the kernel
         with capture() as (out, err, displays), reporting(self.channel, out, err, displays):
             before = figures.open_now()
             value = None
             try:
-                exec(body, namespace)
-                value = eval(last, namespace) if last is not None else None
+                outputs, value = self._run(inputs)
                 shown = task_display.mimebundle(value) if value is not None else None
             except BaseException as exc:
                 report = {
@@ -68,7 +65,6 @@ class CellCode:
             finally:
                 for bundle in figures.close_new(before, value):
                     displays.add(bundle)
-        outputs = {name: namespace[name] for name in self.outputs if name in namespace}
         return {
             "outputs": outputs,
             "stdout": out.text(),
@@ -76,6 +72,22 @@ class CellCode:
             "displays": _settled(displays),
             "value": shown,
         }
+
+    def _nbflow_replay(self, **inputs: Any) -> dict[str, Any]:
+        """``Future.replay`` (in the kernel): run the cell in the foreground — what it prints and shows appears as
+        it happens, its exception is its own — in a fresh namespace of ``inputs``; returns ``{"outputs": {name:
+        value}, "value": its last expression's value}``."""
+        outputs, value = self._run(inputs)
+        return {"outputs": outputs, "value": value}
+
+    def _run(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+        """Run the cell in a fresh namespace of ``inputs``: the outputs it assigned, and its last expression's value
+        (``None`` if it has none, or shows none)."""
+        namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
+        body, last = self._compile()
+        exec(body, namespace)
+        value = eval(last, namespace) if last is not None else None
+        return {name: namespace[name] for name in self.outputs if name in namespace}, value
 
     def _compile(self) -> tuple[Any, Any]:
         tree = ast.parse(self.source, self.filename)
@@ -89,12 +101,20 @@ class CellCode:
         tb = exc.__traceback__
         while tb is not None and tb.tb_frame.f_code.co_filename != self.filename:
             tb = tb.tb_next
-        lines = self.source.splitlines(keepends=True)
-        linecache.cache[self.filename] = (len(self.source), None, lines, self.filename)
+        added = self.filename not in linecache.cache  # (in the kernel it stays: the debugger shows it too)
+        if added:
+            self.register_source()
         try:
             return "".join(traceback.format_exception(type(exc), exc, tb))
         finally:
-            linecache.cache.pop(self.filename, None)
+            if added:
+                linecache.cache.pop(self.filename, None)
+
+    def register_source(self) -> None:
+        """Put the cell's source in ``linecache`` under its file name (the kernel keeps it, as IPython keeps every
+        cell's), so that tracebacks and pdb show its lines."""
+        lines = self.source.splitlines(keepends=True)
+        linecache.cache[self.filename] = (len(self.source), None, lines, self.filename)
 
     def __repr__(self) -> str:
         return f"<nbflow cell {self.filename}>"
