@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from .errors import TaskArgumentError, UpstreamError
+from .errors import NbflowError, TaskArgumentError, UpstreamError
 from .specs import duration
 
 STOP_GRACE = 3.0  # seconds a stopped task's child process has between SIGTERM and SIGKILL
@@ -141,9 +141,7 @@ class Future(cf.Future):
         (dependency values included), so that ``breakpoint()`` or ``%debug`` can step through it; returns or raises
         what the task's function does. Side effects run again. A task that never ran (an upstream failed) replays
         the task that failed."""
-        from .debugging.kernel_failure import origin
-
-        return origin(self)[1].replay()
+        return failed_origin(self)[1].replay()
 
     # --- the engines' side: like ``set_running_or_notify_cancel``, only engine implementations call these ---------
 
@@ -202,6 +200,29 @@ class Future(cf.Future):
     def __repr__(self) -> str:
         where = f" on {self.worker}" if self.worker else ""
         return f"<nbflow.Future {self.key} {self.status}{where}>"
+
+
+def failed_origin(fut: Future) -> tuple[Future, Any]:
+    """The future whose attempt really failed, for ``fut`` or, if it never ran, its upstream, and what it keeps of
+    that failure (``debugging.kernel_failure.Failure``); a one-line ``NbflowError`` when there is none (not done,
+    finished, cancelled, failed before it ran)."""
+    if not isinstance(fut, Future):
+        raise TypeError(f"expected an nbflow future (what submit returns), got {type(fut).__name__}")
+    while True:
+        if not fut.done():
+            raise NbflowError(f"task {fut.name!r} has not failed: it is {fut.status} (wait for it first)")
+        if fut.cancelled():
+            raise NbflowError(f"task {fut.name!r} did not fail: it was cancelled")
+        exc = fut.exception()
+        if exc is None:
+            raise NbflowError(f"task {fut.name!r} did not fail: it finished")
+        failure = getattr(fut, "_failure", None)
+        if failure is not None:
+            return fut, failure
+        upstream = getattr(exc, "upstream", None)
+        if not isinstance(exc, UpstreamError) or upstream is None:
+            raise NbflowError(f"task {fut.name!r} failed before it ran ({type(exc).__name__}: {exc}): nothing to debug")
+        fut = upstream
 
 
 def wait(fs: Iterable[cf.Future], timeout: float | None = None, return_when: str = cf.ALL_COMPLETED):

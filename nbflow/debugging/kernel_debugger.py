@@ -21,7 +21,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from ..errors import NbflowError
-from .kernel_failure import Failure, origin
+from ..futures import failed_origin
+from .kernel_failure import Failure
 from .worker_snapshot import Frame, Snapshot, Unavailable, own_frames
 
 if TYPE_CHECKING:
@@ -34,13 +35,13 @@ def debug(fut: Future, commands: Sequence[str] | None = None) -> None:
     """Open pdb post-mortem at the line of the task's code that raised, for ``fut`` or, if it never ran, the
     upstream task that failed. With ``commands``, run those pdb commands instead of asking, printing each with
     its answer (for notebooks that run unattended)."""
-    failed, failure = origin(fut)
+    failed, failure = failed_origin(fut)
     exc = failed.exception()
     tb = traceback_of(failure)
     if tb is None:
         raise NbflowError(
-            f"task {failed.name!r} failed with {type(exc).__name__}: {exc} — raised by nbflow, not by the task's code,"
-            " so there are no frames of it to debug"
+            f"task {failed.name!r} failed with {_summary(exc)} — raised by nbflow, not by the task's code, so there"
+            " are no frames of it to debug"
         )
     print(_header(failed, failure, exc), flush=True)
     debugger = _Scripted(commands) if commands is not None else _interactive()
@@ -57,7 +58,7 @@ def debug(fut: Future, commands: Sequence[str] | None = None) -> None:
 def debuggable(fut: Future) -> bool:
     """Whether ``debug(fut)`` has frames of the task's code to open (its failure did not come from nbflow)."""
     try:
-        failure = origin(fut)[1]
+        failure = failed_origin(fut)[1]
     except NbflowError:
         return False
     snapshot = failure.report.get("frames")
@@ -183,11 +184,17 @@ def _register_source(frame: Frame) -> None:
 def _header(fut: Future, failure: Failure, exc: BaseException) -> str:
     where = f" on {failure.worker}" if failure.worker else ""
     how = "from a snapshot of its frames" if "frames" in failure.report else "its frames as they were"
-    text = " ".join(str(exc).split())[:200].encode("utf-8", "backslashreplace").decode()  # (a lone surrogate: \udcff)
-    return (
-        f"nbflow: post-mortem of task {fut.name!r}{where}, attempt {failure.number + 1}: {type(exc).__name__}: "
-        f"{text} ({how}; 'q' leaves)"
-    )
+    attempt = failure.number + 1
+    return f"nbflow: post-mortem of task {fut.name!r}{where}, attempt {attempt}: {_summary(exc)} ({how}; 'q' leaves)"
+
+
+def _summary(exc: BaseException) -> str:
+    """``ZeroDivisionError: division by zero`` on one line, printable whatever the message holds."""
+    try:
+        text = " ".join(str(exc).split())[:200]
+    except Exception:  # its __str__ raised
+        text = "(its message cannot be shown)"
+    return f"{type(exc).__name__}: {text}".encode("utf-8", "backslashreplace").decode()  # (a lone surrogate: \udcff)
 
 
 def _interactive() -> pdb.Pdb:

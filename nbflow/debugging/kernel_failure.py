@@ -1,10 +1,11 @@
-"""In the kernel: what a failed task's future keeps of its failed attempt, and ``Future.replay``.
+"""In the kernel: what a failed task's future keeps of its failed attempt, and running it again (``Future.replay``).
 
 The lifecycle attaches a ``Failure`` to a future when it settles it with the exception of an attempt that ran
 (``Future._failure``); a task that never ran (an upstream failed) has none, and debugging it follows its
-``UpstreamError`` to the task that really failed. The failure keeps the attempt's traceback (threads: the real
-one), its report (``worker_snapshot.report``: a snapshot of its frames where it ran in another process) and its
-inputs as they were submitted (dependency futures included), unless they were over ``INPUTS_BOUND``.
+``UpstreamError`` to the task that really failed (``futures.failed_origin``). The failure keeps the attempt's
+traceback (threads: the real one), its report (``worker_snapshot.report``: a snapshot of its frames where it ran
+in another process) and its inputs as they were submitted (dependency futures included), unless they were over
+``INPUTS_BOUND``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ..errors import NbflowError, OutOfMemory, UpstreamError, WorkerDied
+from ..errors import NbflowError, OutOfMemory, WorkerDied
 from .worker_snapshot import INPUTS_BOUND
 
 if TYPE_CHECKING:
-    from ..futures import Future
     from ..options import Runnable
 
 
@@ -69,8 +69,7 @@ class Failure:
 
     def replay(self) -> Any:
         """Run the failed attempt again here, with its inputs; returns or raises what the task's function does."""
-        from ..engines.attempt import Attempt
-        from ..engines.core import run_here
+        from ..engines.attempt import Attempt, run_here
         from ..futures import substitute, upstream_value
 
         if self.inputs is None:
@@ -85,27 +84,3 @@ class Failure:
         fn = getattr(fn, "_nbflow_replay", fn)  # a task cell runs in the foreground (``CellCode._nbflow_replay``)
         attempt = Attempt(self.number, f"{self.name}-replay", self.name)
         return run_here(fn, args, kwargs, self.holds, attempt, os.environ.get("CUDA_VISIBLE_DEVICES"))
-
-
-def origin(fut: Future) -> tuple[Future, Failure]:
-    """The future whose attempt really failed, for ``fut`` or its upstream, and that failure; a one-line
-    ``NbflowError`` when there is none (not done, finished, cancelled, failed before it ran)."""
-    from ..futures import Future
-
-    if not isinstance(fut, Future):
-        raise TypeError(f"expected an nbflow future (what submit returns), got {type(fut).__name__}")
-    while True:
-        if not fut.done():
-            raise NbflowError(f"task {fut.name!r} has not failed: it is {fut.status} (wait for it first)")
-        if fut.cancelled():
-            raise NbflowError(f"task {fut.name!r} did not fail: it was cancelled")
-        exc = fut.exception()
-        if exc is None:
-            raise NbflowError(f"task {fut.name!r} did not fail: it finished")
-        failure = getattr(fut, "_failure", None)
-        if failure is not None:
-            return fut, failure
-        upstream = getattr(exc, "upstream", None)
-        if not isinstance(exc, UpstreamError) or upstream is None:
-            raise NbflowError(f"task {fut.name!r} failed before it ran ({type(exc).__name__}: {exc}): nothing to debug")
-        fut = upstream

@@ -6,11 +6,14 @@ process, ``Engine.call`` in the caller's thread, and a Dask worker rebuilds it f
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import devices
+from .. import context, devices
 from ..errors import OutOfMemory
+from ..futures import blocking
+from ..thread_stop import shielded
 
 
 class Attempt:
@@ -78,3 +81,21 @@ def retry_delay(exc: BaseException, number: int, options: Any) -> float | None:
     if isinstance(exc, Exception) and not isinstance(exc, OutOfMemory) and number < options.retries:
         return options.retry_delay
     return None
+
+
+def run_here(
+    fn: Any, args: tuple, kwargs: dict, demands: Mapping[str, float], attempt: Attempt, cuda_visible: str | None
+) -> Any:
+    """Run ``fn`` as ``attempt`` in the calling thread, holding the machine limits ``demands`` (and the GPUs they hand
+    out) while it runs: a direct call of a task, or a replay of its failed attempt."""
+    from ..machine_limits import acquire_all
+
+    try:
+        if demands:
+            with blocking(), shielded:  # in a task's thread, waiting for a limit lends the thread out
+                attempt.holdings = acquire_all(demands, task=attempt.name)
+        attempt.pick_gpus(cuda_visible)
+        with context.running(attempt.context(threading.current_thread().name, demands)):
+            return fn(*args, **kwargs)
+    finally:
+        attempt.release()

@@ -32,12 +32,11 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .. import context
 from ..errors import UpstreamError
 from ..futures import Future, blocking, find_futures, new_key, substitute, upstream_value
 from ..snapshot import empty_task_counts
 from ..thread_stop import shielded
-from .attempt import Attempt, retry_delay
+from .attempt import Attempt, retry_delay, run_here
 from .timers import Timers
 
 if TYPE_CHECKING:
@@ -464,24 +463,6 @@ class Engine:
         ``limit`` of them (the panel lists them, each with a stop button)."""
         with self._lock:
             return [run.fut for run in itertools.islice(self._active, limit)]
-
-
-def run_here(
-    fn: Any, args: tuple, kwargs: dict, demands: Mapping[str, float], attempt: Attempt, cuda_visible: str | None
-) -> Any:
-    """Run ``fn`` as ``attempt`` in the calling thread, holding the machine limits ``demands`` (and the GPUs they hand
-    out) while it runs: a direct call of a task, or a replay of its failed attempt."""
-    from ..machine_limits import acquire_all
-
-    try:
-        if demands:
-            with blocking(), shielded:  # in a task's thread, waiting for a limit lends the thread out
-                attempt.holdings = acquire_all(demands, task=attempt.name)
-        attempt.pick_gpus(cuda_visible)
-        with context.running(attempt.context(threading.current_thread().name, demands)):
-            return fn(*args, **kwargs)
-    finally:
-        attempt.release()
 
 
 def _placeholder(_: Future) -> None:

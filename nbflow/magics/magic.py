@@ -12,6 +12,7 @@ from IPython.display import display
 
 from .. import engines
 from ..errors import NbflowError
+from ..futures import failed_origin
 from ..machine_limits import limit, limits
 from ..options import TaskOptions
 from . import args
@@ -168,9 +169,7 @@ class NbflowMagics(Magics):
         """Run the failed attempt here; a task cell binds its outputs and shows its last value, as a cell would."""
         try:
             fut = self._failed(args.parse(args.replay, rest).name)
-            from ..debugging.kernel_failure import origin
-
-            failed, failure = origin(fut)
+            failed, failure = failed_origin(fut)
         except NbflowError as exc:
             raise short_error(exc) from None
         print(f"nbflow: replaying task {failed.name!r} here (attempt {failure.number + 1}, its inputs)", flush=True)
