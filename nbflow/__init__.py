@@ -30,6 +30,7 @@ from .errors import (
 from .futures import STOP_GRACE, Future, as_completed, gather, wait
 from .machine_limits import LimitStatus, concurrency, limit, limits
 from .options import TaskOptions
+from .retry_policy import backoff
 from .snapshot import Occupancy
 from .tasks import Task, task
 
@@ -58,6 +59,7 @@ __all__ = [
     "UpstreamError",
     "WorkerDied",
     "as_completed",
+    "backoff",
     "cache_clear",
     "cache_entries",
     "concurrency",

@@ -7,11 +7,13 @@ Dask worker); task cells see their own through ``nbflow.current()`` in the cell.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 
 _local = threading.local()
+_in_coroutine: contextvars.ContextVar = contextvars.ContextVar("nbflow_task", default=None)  # an async task's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +32,14 @@ class TaskContext:
 
 
 def current() -> TaskContext | None:
-    """The task running in this thread, or ``None`` outside a task."""
+    """The task running in this thread (or this asyncio task, for an async task), or ``None`` outside a task."""
     ctx = getattr(_local, "context", None)
+    if ctx is None:  # many async tasks share one event loop's thread: theirs is in their asyncio task's context
+        ctx = _in_coroutine.get()
+        if isinstance(ctx, tuple):
+            ctx = of(*ctx)
+            _in_coroutine.set(ctx)
+        return ctx
     if isinstance(ctx, tuple):  # built on first use: most tasks never ask
         ctx = _local.context = of(*ctx)
     return ctx
@@ -62,6 +70,17 @@ def enter(context: TaskContext | tuple | None) -> object:
 
 def leave(saved: object) -> None:
     _local.context = saved
+
+
+@contextlib.contextmanager
+def running_coroutine(context: TaskContext | tuple | None) -> Iterator[None]:
+    """In an async task's asyncio task: ``context`` is its current task for the block (asyncio tasks it creates
+    meanwhile inherit it, as parts of the same nbflow task; other asyncio tasks on the loop never see it)."""
+    token = _in_coroutine.set(context)
+    try:
+        yield
+    finally:
+        _in_coroutine.reset(token)
 
 
 def report_failure(exc: BaseException, report: dict) -> None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from .errors import ResourceSpecError
+from .retry_policy import RetryDelay, RetryOn, delay_option, retry_on_option
 from .specs import byte_size, duration, parse_resources
 
 
@@ -16,7 +17,9 @@ class TaskOptions:
     """Validated options of a task.
 
     On every engine: a failed attempt (an exception, a ``TaskTimeout``, a lost worker) is retried while
-    ``retries`` remain, after ``retry_delay`` seconds during which the task holds nothing; ``timeout``
+    ``retries`` remain and ``retry_on`` (an exception class, a tuple of them, or a function ``exc -> bool``;
+    default: every ``Exception``) matches it, after ``retry_delay`` (seconds; a list of them, one per retry, the
+    last repeating; or ``nbflow.backoff(...)``), during which the task holds nothing; ``timeout``
     bounds each attempt from the moment it starts running. ``max_memory`` (bytes) bounds the memory of a
     ``processes=True`` attempt's process tree: past it the process is killed and the task fails with
     ``OutOfMemory``, never retried; the engines that cannot bound it refuse it at submit.
@@ -26,12 +29,13 @@ class TaskOptions:
     resources: Mapping[str, float] = dataclasses.field(default_factory=dict)
     limits: Mapping[str, float] = dataclasses.field(default_factory=dict)
     retries: int = 0
-    retry_delay: float = 0.0
+    retry_delay: RetryDelay = 0.0
     timeout: float | None = None
     max_memory: int | None = None
     cache: bool = False
     cache_key: Callable[..., str] | None = None
     cache_expiration: float | None = None
+    retry_on: RetryOn = None  # (last: the constructor's positions before it stay as they were)
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -41,7 +45,8 @@ class TaskOptions:
         if isinstance(self.retries, bool) or not isinstance(self.retries, numbers.Integral) or self.retries < 0:
             raise ResourceSpecError(f"retries must be a whole number >= 0, got {self.retries!r}")
         object.__setattr__(self, "retries", int(self.retries))
-        object.__setattr__(self, "retry_delay", duration(self.retry_delay, "retry_delay", zero_ok=True))
+        object.__setattr__(self, "retry_delay", delay_option(self.retry_delay))
+        object.__setattr__(self, "retry_on", retry_on_option(self.retry_on))
         if self.timeout is not None:
             object.__setattr__(self, "timeout", duration(self.timeout, "timeout"))
         if self.max_memory is not None:
@@ -63,11 +68,13 @@ class TaskOptions:
         return out
 
     def __reduce__(self):  # constructor arguments pickle smaller and faster than state
+        tail = self.retry_on is not None  # the rare options last: only what is set, and what comes before it
         return (
             TaskOptions,
             (self.name, dict(self.resources), dict(self.limits), self.retries, self.retry_delay, self.timeout)
-            + ((self.max_memory,) if self.max_memory is not None or self.cache else ())
-            + ((self.cache, self.cache_key, self.cache_expiration) if self.cache else ()),
+            + ((self.max_memory,) if self.max_memory is not None or self.cache or tail else ())
+            + ((self.cache, self.cache_key, self.cache_expiration) if self.cache or tail else ())
+            + ((self.retry_on,) if tail else ()),
         )
 
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, overload
 
 from .engines import engine
 from .futures import Future
 from .options import TaskOptions, changed
+from .retry_policy import Backoff
 
 
 class Task:
@@ -17,6 +18,7 @@ class Task:
     def __init__(self, fn: Callable[..., Any], options: TaskOptions) -> None:
         self.fn = fn
         self.options = options
+        self.is_async = is_coroutine_function(fn)  # an ``async def``: its calls are awaited, on an event loop
         functools.update_wrapper(self, fn)
 
     @property
@@ -46,7 +48,16 @@ class Task:
         return Task(self.fn, changed(self.options, changes))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        """Run now, in this thread, holding the task's resources and limits while it runs."""
+        """Run now, in this thread, holding the task's resources and limits while it runs; an async task returns
+        an awaitable that runs it where it is awaited, holding them while awaited."""
+        if self.is_async:
+            from .engines.async_call import call_async
+
+            if self.options.cache:
+                from .caching import call_async as cached_call
+
+                return cached_call(self, args, kwargs)
+            return call_async(engine(), self, args, kwargs)
         if self.options.cache:
             from .caching import call
 
@@ -60,6 +71,18 @@ class Task:
         return (Task, (self.fn, self.options))
 
 
+def is_coroutine_function(fn: Any) -> bool:
+    """Whether calling ``fn`` makes a coroutine (``async def``, also through ``functools.partial``), without
+    importing ``inspect`` or ``asyncio``."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    code = getattr(fn, "__code__", None)
+    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+
+
+_CO_COROUTINE = 0x80  # ``inspect.CO_COROUTINE``
+
+
 @overload
 def task(fn: Callable[..., Any], /) -> Task: ...
 @overload
@@ -69,7 +92,8 @@ def task(
     resources: Mapping[str, float] | str | None = None,
     limits: Mapping[str, float] | str | None = None,
     retries: int = 0,
-    retry_delay: float = 0.0,
+    retry_delay: float | str | Sequence[float | str] | Backoff = 0.0,
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool] | None = None,
     timeout: float | None = None,
     max_memory: int | str | None = None,
     cache: bool = False,
@@ -87,6 +111,7 @@ def task(
     limits=None,
     retries=0,
     retry_delay=0.0,
+    retry_on=None,
     timeout=None,
     max_memory=None,
     cache=False,
@@ -95,7 +120,10 @@ def task(
 ):
     """Mark a function as a task: ``@nbflow.task`` or ``@nbflow.task(resources={"GPU": 1}, retries=2)``.
 
-    Options are checked here, so a bad one fails at the decorator, not when the task first runs.
+    Options are checked here, so a bad one fails at the decorator, not when the task first runs. A failed attempt
+    is retried while ``retries`` remain and ``retry_on`` (an exception class, a tuple of them, or a function
+    ``exc -> bool``; default: every ``Exception``) matches it, after ``retry_delay``: seconds, a list of them (one
+    per retry, the last repeating) or ``nbflow.backoff(...)``; an exception's ``retry_after`` seconds replace it.
     """
     options = TaskOptions(
         name=name or "task",
@@ -103,6 +131,7 @@ def task(
         limits=limits or {},
         retries=retries,
         retry_delay=retry_delay,
+        retry_on=retry_on,
         timeout=timeout,
         max_memory=max_memory,
         cache=cache,

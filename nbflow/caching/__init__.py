@@ -9,6 +9,7 @@ successes are stored.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import warnings
 import weakref
@@ -59,6 +60,38 @@ class Cached:
         return call_key(self.name, code, args, kwargs, self.cache_key)
 
     def __call__(self, key: str | None, /, *args: Any, **kwargs: Any) -> Any:
+        return self._call(self.fn, key, *args, **kwargs)
+
+    async def call_async(self, key: str | None, /, *args: Any, **kwargs: Any) -> Any:
+        """``__call__`` for an async task: the key's lock and the store are used from a thread of the call's own
+        (they block), which has the task's coroutine run on this loop; cancelling the call cancels it."""
+        import asyncio
+        import contextvars
+
+        loop = asyncio.get_running_loop()
+        running: list[Any] = []
+        done = loop.create_future()
+
+        def compute(*a: Any, **k: Any) -> Any:
+            running.append(asyncio.run_coroutine_threadsafe(self.fn(*a, **k), loop))
+            return running[-1].result()
+
+        def work(context: contextvars.Context) -> None:  # (in the call's context: its deadline, for ``_ended``)
+            try:
+                outcome = (context.run(self._call, compute, key, *args, **kwargs), None)
+            except BaseException as exc:
+                outcome = (None, exc)
+            loop.call_soon_threadsafe(_settle, done, *outcome)
+
+        threading.Thread(target=work, args=(contextvars.copy_context(),), name="nbflow-cached", daemon=True).start()
+        try:
+            return await done
+        except asyncio.CancelledError:
+            for computing in running:
+                computing.cancel()
+            raise
+
+    def _call(self, fn: Callable[..., Any], key: str | None, /, *args: Any, **kwargs: Any) -> Any:
         key = key or self.key(self.now(), args, kwargs)
         shelf = Store(self.root)
         with contextlib.ExitStack() as held:
@@ -68,14 +101,14 @@ class Cached:
                 raise
             except OSError as exc:  # a store that cannot be used never fails the task: it runs uncached
                 _cannot_store(self.root, exc)
-                return self.fn(*args, **kwargs)
+                return fn(*args, **kwargs)
             if _ended():  # the timeout fired while this attempt waited for the key's lock: nothing runs late
                 raise TaskTimeout(f"task {self.name!r} ran past its timeout waiting for another run of the same call")
             found = shelf.get(key, self.expiration)
             if found is not None:  # another process computed it while this one waited
                 return found[1]
             start = time.monotonic()
-            value = self.fn(*args, **kwargs)
+            value = fn(*args, **kwargs)
             took = time.monotonic() - start
             if not _ended():
                 try:
@@ -83,6 +116,15 @@ class Cached:
                 except OSError as exc:
                     _cannot_store(self.root, exc)
             return value
+
+
+def _settle(done: Any, value: Any, exc: BaseException | None) -> None:
+    if done.done():  # its awaiter was cancelled
+        return
+    if exc is None:
+        done.set_result(value)
+    else:
+        done.set_exception(exc)
 
 
 def _ended() -> bool:
@@ -130,10 +172,12 @@ def hit(name: str, key: str, found: tuple[Entry, Any]) -> Future:
 
 
 class _Runner:
-    """The task as the engine runs it on a miss: the same options, the ``Cached`` function."""
+    """The task as the engine runs it on a miss: the same options, the ``Cached`` function (an async task's: its
+    coroutine function)."""
 
-    def __init__(self, fn: Cached, options: Any) -> None:
-        self.fn, self.options = fn, options
+    def __init__(self, cached: Cached, options: Any, is_async: bool) -> None:
+        self.fn = cached.call_async if is_async else cached
+        self.options, self.is_async = options, is_async
 
     @property
     def name(self) -> str:
@@ -154,7 +198,7 @@ def submit_many(task: Any, calls: list[tuple[tuple, dict]]) -> list[Future]:
         else:
             misses.append((i, key, args, kwargs))
     if misses:
-        runner = _Runner(cached, task.options)
+        runner = _Runner(cached, task.options, task.is_async)
         placed = engine().map(runner, [((key, *args), kwargs) for _, key, args, kwargs in misses])
         for (i, key, _, _), fut in zip(misses, placed, strict=True):
             fut.cache_key = key
@@ -169,4 +213,16 @@ def call(task: Any, args: tuple, kwargs: dict) -> Any:
     found = store().get(key, cached.expiration) if key is not None else None
     if found is not None:
         return found[1]
-    return engine().call(_Runner(cached, task.options), (key, *args), kwargs)
+    return engine().call(_Runner(cached, task.options, False), (key, *args), kwargs)
+
+
+async def call_async(task: Any, args: tuple, kwargs: dict) -> Any:
+    """``call`` for an async task: awaited where it is called."""
+    from ..engines.async_call import call_async as run
+
+    cached = plan(task)
+    key = known_key(cached, cached.now(), args, kwargs)
+    found = store().get(key, cached.expiration) if key is not None else None
+    if found is not None:
+        return found[1]
+    return await run(engine(), _Runner(cached, task.options, True), (key, *args), kwargs)

@@ -6,12 +6,14 @@ process, ``Engine.call`` in the caller's thread, and a Dask worker rebuilds it f
 
 from __future__ import annotations
 
+import random
 import threading
+import types
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .. import context, devices
-from ..errors import OutOfMemory
+from .. import context, devices, retry_policy
+from ..errors import NbflowError, OutOfMemory
 from ..futures import blocking
 from ..thread_stop import shielded
 
@@ -72,15 +74,49 @@ class Reported(Exception):
         return repr(self.error)
 
 
+def not_a_coroutine(value: Any, name: str) -> Any:
+    """``value``, the result of a sync task's function, unless it is a coroutine: the function was meant to be
+    ``async def`` (or to await it), and a never-awaited coroutine is no result."""
+    if isinstance(value, types.CoroutineType):
+        value.close()
+        raise NbflowError(
+            f"task {name!r} returned a coroutine instead of a value: declare its function with async def (nbflow"
+            " then awaits it), or await the coroutine inside it"
+        )
+    return value
+
+
 def retry_delay(exc: BaseException, number: int, options: Any) -> float | None:
     """After attempt ``number`` raised ``exc``: the seconds to wait before the next attempt, or ``None`` if there
-    is none (``retries`` spent, or ``exc`` is not an ``Exception``: an interrupt or an exit ends the task).
+    is none (``retries`` spent, ``exc`` not an ``Exception`` — an interrupt or an exit ends the task — or not one
+    that ``options.retry_on`` retries). The one rule every engine and a direct call apply.
+
+    The delay is ``exc.retry_after`` when it has one (seconds >= 0; at most a backoff's ``max``), else what
+    ``options.retry_delay`` gives for this retry (``retry_policy.policy_delay``). A ``retry_on`` function that raises
+    ends the task: its error propagates, its ``__cause__`` being ``exc``. The caller must not hold a lock here:
+    ``retry_on`` may be the user's function.
 
     ``OutOfMemory`` is never retried: the same call on the same inputs allocates as much again, so a retry would
     only press the machine's memory once more before being killed the same way."""
-    if isinstance(exc, Exception) and not isinstance(exc, OutOfMemory) and number < options.retries:
-        return options.retry_delay
-    return None
+    if not isinstance(exc, Exception) or isinstance(exc, OutOfMemory) or number >= options.retries:
+        return None
+    if options.retry_on is not None:
+        try:
+            if not retry_policy.matches(options.retry_on, exc):
+                return None
+        except Exception as error:  # the predicate failed: the task fails with its error, caused by the task's
+            error.__cause__ = exc
+            raise
+    return next_delay(exc, number + 1, options.retry_delay)
+
+
+def next_delay(exc: BaseException, retry: int, policy: Any, rng: Any = random) -> float:
+    """The seconds to wait before retry ``retry`` (1 for the first) of a task whose attempt raised ``exc``: its
+    ``retry_after`` if it has one (capped at a backoff's ``max``), else what ``policy`` (``retry_delay``) gives."""
+    asked = retry_policy.retry_after(exc)
+    if asked is None:
+        return retry_policy.policy_delay(policy, retry, rng)
+    return min(asked, policy.max) if isinstance(policy, retry_policy.Backoff) else asked
 
 
 def run_here(
@@ -96,6 +132,6 @@ def run_here(
                 attempt.holdings = acquire_all(demands, task=attempt.name)
         attempt.pick_gpus(cuda_visible)
         with context.running(attempt.context(threading.current_thread().name, demands)):
-            return fn(*args, **kwargs)
+            return not_a_coroutine(fn(*args, **kwargs), attempt.name)
     finally:
         attempt.release()

@@ -316,13 +316,24 @@ class Engine:
         """The engine reports: ``attempt`` ended. Retry it, or settle the future (cancelled, if it was being
         stopped). A report about an attempt that already ended (a timeout fired first) is ignored."""
         done = run.fut.done()  # (outside the engine's lock: the future's lock is taken first, when settling)
+        decided: float | BaseException | None = None  # also outside: ``retry_on`` may be the user's function
+        current = attempt is run.attempt and run.state.live and run.state is not State.STOPPING  # (checked again)
+        if exc is not None and current and not (done or self._closed):
+            try:
+                decided = retry_delay(exc, attempt.number, run.task.options)
+            except BaseException as raised:  # ``retry_on`` raised: the task fails with that error (caused by ``exc``)
+                decided = raised
+        error = exc  # what the future gets if the task fails now
         with self._lock:
             if attempt is not run.attempt or not run.state.live:
                 return
             stopped = run.state is State.STOPPING
             delay = None
             if exc is not None and not (stopped or self._closed or done):
-                delay = retry_delay(exc, attempt.number, run.task.options)
+                if isinstance(decided, BaseException):
+                    error = decided
+                else:
+                    delay = decided
             if delay is None:
                 self._to(run, State.CANCELLED if stopped else State.FINISHED if exc is None else State.ERROR)
             else:
@@ -335,7 +346,7 @@ class Engine:
         if delay is None:
             if exc is not None:
                 run.fut._failure = self._failure(run, attempt, exc)
-            self._set(run, value, exc)
+            self._set(run, value, error)
             return
         if not run.fut._claim():  # it ran (briefly, unreported): no longer cancellable, unless cancelled just now
             return

@@ -58,6 +58,29 @@ class DaskFuture(Future):
             value = self._value
         return value
 
+    def __await__(self):
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> Any:
+        """``await fut``: wait without a thread, then fetch the value without blocking the loop — on the client's
+        own loop (an async task on a worker, where a blocking fetch would wait for itself) with the client's
+        coroutine, elsewhere in a helper thread."""
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self.add_done_callback(lambda _: loop.call_soon_threadsafe(_settle, done))
+        await done
+        if not self._remote():
+            return self.result()
+        if getattr(self.engine.client.loop, "asyncio_loop", None) is loop:
+            value = await self.dask
+        else:
+            value = await asyncio.to_thread(self.engine.client.gather, self.dask)
+        if self._value is _REMOTE:
+            self._value = value
+        return self._value
+
     def _remote(self) -> bool:
         """Finished, and its value not fetched yet."""
         return self._value is _REMOTE and self.done() and not self.cancelled() and self.exception() is None
@@ -136,8 +159,16 @@ class DaskEngine(Engine):
         try:
             args, kwargs = self._arguments(run)
             packed = cloudpickle.dumps(run.task)  # opaque to Dask: the scheduler passes the bytes on as they are
+            fn, keyed = _runner(run.task)
             dask_future = self.client.submit(
-                run_task, packed, args, kwargs, self.on_unsatisfiable, key=key, **self._submit_options(run.task)
+                fn,
+                packed,
+                *[key][:keyed],
+                args,
+                kwargs,
+                self.on_unsatisfiable,
+                key=key,
+                **self._submit_options(run.task),
             )
         except Exception as exc:  # the client is gone, an argument cannot be sent: the task fails, nothing hangs
             self._ended(run, run.attempt, exc=exc)
@@ -149,13 +180,16 @@ class DaskEngine(Engine):
         self._wait_for_resources(runs)
         try:
             packed = cloudpickle.dumps(runs[0].task)
+            keys = [run.fut.key for run in runs]
+            fn, keyed = _runner(runs[0].task)
             dask_futures = self.client.map(
-                run_task,
+                fn,
                 [packed] * len(runs),
+                *[keys][:keyed],
                 [run.args for run in runs],
                 [run.kwargs for run in runs],
                 [self.on_unsatisfiable] * len(runs),
-                key=[run.fut.key for run in runs],
+                key=keys,
                 **self._submit_options(runs[0].task),
             )
         except Exception as exc:
@@ -426,6 +460,21 @@ class _Watcher:
 
     def close(self) -> None:
         self._done.put(None)
+
+
+def _settle(done: Any) -> None:
+    if not done.done():  # (its awaiter may have been cancelled)
+        done.set_result(None)
+
+
+def _runner(task: Runnable) -> tuple[Callable[..., Any], bool]:
+    """What Dask runs for an attempt of ``task``, and whether it is passed its Dask key (an async task's coroutine
+    function: no worker thread knows the key for it)."""
+    if getattr(task, "is_async", False):
+        from .dask_worker_async import run_task_async
+
+        return run_task_async, True
+    return run_task, False
 
 
 def _fits(demand: Mapping[str, float], offers: Mapping[str, tuple[str, dict[str, float]]]) -> bool:

@@ -15,7 +15,7 @@ from ..errors import TaskTimeout
 from ..futures import set_block_hook
 from ..options import Runnable
 from ..thread_stop import StoppableCall
-from .attempt import Attempt
+from .attempt import Attempt, not_a_coroutine
 from .core import bind
 from .dask_worker_secede import rejoin_once, secede_once
 
@@ -84,7 +84,7 @@ def run_with_deadline(
         set_block_hook(relay.seceded)
         try:
             with context.running(current):
-                outcome["value"] = call.run(functools.partial(task.fn, *args, **kwargs))
+                outcome["value"] = not_a_coroutine(call.run(functools.partial(task.fn, *args, **kwargs)), task.name)
         except BaseException as exc:  # handed to the task thread, which raises it
             outcome["error"], outcome["report"] = exc, context.take_report(exc)
         with relay.lock:

@@ -29,8 +29,9 @@ class Starts:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def begin(self, worker: Any) -> str:
-        key = worker.get_current_task()
+    def begin(self, worker: Any, key: str | None = None) -> str:
+        """The attempt running under ``key`` (default: the task of this worker thread) began."""
+        key = key or worker.get_current_task()
         self._running[key] = (time.monotonic(), worker)
         if not self._wake.is_set():
             self._wake.set()

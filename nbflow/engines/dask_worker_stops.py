@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import collections
 import threading
+from typing import Any
 
 from ..thread_stop import StoppableCall
 
 _lock = threading.Lock()
-_running: dict[str, StoppableCall] = {}  # Dask key -> the call of the attempt running under it
+_running: dict[str, Any] = {}  # Dask key -> the call of the attempt running under it
 _asked: collections.OrderedDict[str, None] = collections.OrderedDict()  # stopped before they began here
 _ASKED_KEPT = 10_000  # keys of attempts that never began here (cancelled on the cluster) are forgotten after these
 
 
-def begin(key: str) -> StoppableCall:
-    """The call of the attempt starting under ``key``: already stopped if a stop for it came first."""
-    call = StoppableCall()
+def begin(key: str, call: Any = None) -> Any:
+    """The call of the attempt starting under ``key`` (a ``StoppableCall``, or ``call``: anything with ``stop()``):
+    already stopped if a stop for it came first."""
+    call = call or StoppableCall()
     with _lock:
         _running[key] = call
         if _asked.pop(key, 0) is None:

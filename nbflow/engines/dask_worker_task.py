@@ -18,7 +18,7 @@ from ..futures import set_block_hook
 from ..options import Runnable
 from . import dask_worker_snapshots as snapshots
 from . import dask_worker_stops as stops
-from .attempt import Attempt, Reported
+from .attempt import Attempt, Reported, not_a_coroutine
 from .core import bind
 from .dask_attempt_keys import task_key
 from .dask_worker_deadline import run_with_deadline
@@ -36,7 +36,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     already resolved by Dask. Retries are the client's: a failed attempt raises, and holds nothing after. A
     client stops it by its Dask key (``dask_worker_stops``): ``TaskStopped`` is raised in the function.
     """
-    task = _unpack(packed)
+    task = unpack(packed)
     opts = task.options
     worker = get_worker()
     sidechannel.install(functools.partial(send_side, worker))
@@ -50,12 +50,12 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         attempt = Attempt(number, key, opts.name)
         attempt.holdings = acquire_limits(opts.limits, opts.name, call) if opts.limits else []
         try:
-            _pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
+            pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
             where, holds = str(worker.name), opts.held() if opts.limits else opts.resources
             if opts.timeout is None:
                 saved = context.enter(attempt.context(where, holds))
                 try:
-                    return call.run(functools.partial(task.fn, *args, **kwargs))
+                    return not_a_coroutine(call.run(functools.partial(task.fn, *args, **kwargs)), opts.name)
                 finally:
                     context.leave(saved)
             return run_with_deadline(task, args, kwargs, engine, attempt, where, holds, call)
@@ -66,7 +66,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
             return None
         raise
     except Exception as exc:
-        failed = _reported(exc, args, kwargs, worker, dask_key)
+        failed = reported(exc, args, kwargs, worker, dask_key)
     finally:
         stops.end(dask_key)
         starts.end(dask_key)
@@ -75,7 +75,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     raise failed  # (outside the handler: the user's exception, deep traceback and all, is not its context)
 
 
-def _reported(exc: Exception, args: tuple, kwargs: dict, worker: Any, dask_key: str) -> Reported:
+def reported(exc: Exception, args: tuple, kwargs: dict, worker: Any, dask_key: str) -> Reported:
     """The failed attempt's exception with its report (a snapshot of its frames, its big locals kept here), and the
     innermost frames of its traceback: Dask pickles it with its traceback, and one a few hundred frames deep does
     not pickle (the task's future would never be set)."""
@@ -93,7 +93,7 @@ def _reported(exc: Exception, args: tuple, kwargs: dict, worker: Any, dask_key: 
     return Reported(portable(exc, traceback.format_exc()), sent).with_traceback(tb)
 
 
-def _pick_gpus(worker: Any, attempt: Attempt, amount: float, dask_key: str) -> None:
+def pick_gpus(worker: Any, attempt: Attempt, amount: float, dask_key: str) -> None:
     """The attempt's GPUs: from a machine-wide ``GPU`` limit it holds (distinct across the machine), else from this
     worker's devices for its ``GPU`` resource ``amount`` (distinct on this worker)."""
     gpus = devices.held(attempt.holdings)
@@ -109,7 +109,7 @@ def _pick_gpus(worker: Any, attempt: Attempt, amount: float, dask_key: str) -> N
 _CACHED_BELOW = 64 * 1024  # a task closing over big data is not kept alive by the cache
 
 
-def _unpack(packed: bytes) -> Runnable:
+def unpack(packed: bytes) -> Runnable:
     """The task in ``packed``, unpickled once per distinct bytes: its tasks share the function and its globals."""
     return _unpack_cached(packed) if len(packed) < _CACHED_BELOW else pickle.loads(packed)
 

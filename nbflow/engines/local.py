@@ -21,13 +21,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .. import context, devices
-from ..errors import EngineConfigError, TaskTimeout
+from ..errors import EngineConfigError, TaskStopped, TaskTimeout
 from ..futures import set_block_hook
 from ..machine_limits.api import check_demands
 from ..options import Runnable
 from ..snapshot import Occupancy, ResourceUse, limits_snapshot
 from ..thread_stop import StoppableCall
-from .attempt import Attempt
+from .attempt import Attempt, not_a_coroutine
 from .core import Engine, Run, bind
 from .grants import Grants
 from .threadpool import ThreadPool
@@ -39,19 +39,20 @@ _engine_ids = itertools.count(1)
 class _LocalRun(Run):
     """A run with what the grant stage and the pool need."""
 
-    __slots__ = ("demands", "line")
+    __slots__ = ("demands", "line", "on_loop")
 
     def __init__(self, task: Runnable, fut: Any, args: tuple, kwargs: dict, has_deps: bool, attempt: Attempt) -> None:
         super().__init__(task, fut, args, kwargs, has_deps, attempt)
         opts = task.options
         self.demands = task.options.held() if opts.resources or opts.limits else None
         self.line = tuple(sorted(self.demands)) if self.demands else ()
+        self.on_loop = False  # an async task in this process: its coroutine runs on the engine's event loop
 
 
 class _LocalAttempt(Attempt):
     """An attempt in a pool thread: also how its timeout and ``stop()`` stop it."""
 
-    __slots__ = ("timer", "lent", "child", "call", "halted", "kills")
+    __slots__ = ("timer", "lent", "child", "call", "halted", "kills", "coroutine", "expired")
 
     def __init__(self, number: int, key: str, name: str) -> None:
         super().__init__(number, key, name)
@@ -61,6 +62,8 @@ class _LocalAttempt(Attempt):
         self.call = StoppableCall()  # its function's call in the pool thread
         self.halted = False  # ``stop()``: its child (if any) got SIGTERM and must not be reused
         self.kills: tuple = ()  # the timers that SIGKILL its child once a stop's grace is over
+        self.coroutine: Any = None  # an async task's asyncio task on the event loop, while it runs
+        self.expired = False  # an async task's timeout cancelled it
 
 
 class LocalEngine(Engine):
@@ -86,6 +89,8 @@ class LocalEngine(Engine):
         self._timeouts = Timers(name + "-timeouts")
         self._held: dict[str, float] = {}  # amounts this engine holds now, per limit name
         self._local = threading.local()
+        self._loop: Any = None  # the event loop of async tasks (``async_loop``), made with the first one
+        self._name = name
 
     # --- placing attempts --------------------------------------------------------------------------
 
@@ -107,11 +112,16 @@ class LocalEngine(Engine):
     def _holds(self, task: Runnable) -> Mapping[str, float]:
         return task.options.held()
 
+    def _new_run(self, task: Runnable, args: tuple, kwargs: dict) -> _LocalRun:
+        run = super()._new_run(task, args, kwargs)
+        run.on_loop = getattr(task, "is_async", False) and not self.processes  # (a child runs its own coroutine)
+        return run
+
     def _place(self, run: _LocalRun) -> None:
         if run.demands:
             self._waiting(run)
             self._grants.put(run)
-        elif not self._pool.put(run):
+        elif not (self._spawn(run) if run.on_loop else self._pool.put(run)):
             self._abandon(run)
 
     def _granted(self, run: _LocalRun, holdings: list) -> None:
@@ -122,7 +132,7 @@ class LocalEngine(Engine):
             self._release(run.attempt)
             return
         self._queued(run)
-        if not self._pool.put(run, urgent=True):
+        if not (self._spawn(run) if run.on_loop else self._pool.put(run, urgent=True)):
             self._release(run.attempt)
             self._abandon(run)
 
@@ -160,7 +170,7 @@ class LocalEngine(Engine):
                 attempt.timer = self._timeouts.call_later(timeout, functools.partial(self._timed_out, run, attempt))
             saved = context.enter(ctx)
             try:
-                value = attempt.call.run(call)
+                value = not_a_coroutine(attempt.call.run(call), run.name)
             finally:
                 context.leave(saved)
         except BaseException as error:  # SystemExit, KeyboardInterrupt raised by the task end it too
@@ -171,6 +181,72 @@ class LocalEngine(Engine):
         self._stop_timer(attempt)
         self._release(attempt)
         self._ended(run, attempt, value, exc)
+
+    def _spawn(self, run: _LocalRun) -> bool:
+        """Start an async task's attempt on the engine's event loop; False once closing."""
+        if self._loop is None:
+            from .async_loop import EventLoopThread
+
+            with self._lock:
+                if self._loop is None:
+                    self._loop = EventLoopThread(f"{self._name}-async", functools.partial(bind, self))
+        return self._loop.spawn(functools.partial(self._run_coroutine, run, run.attempt))
+
+    async def _run_coroutine(self, run: _LocalRun, attempt: _LocalAttempt) -> None:
+        """An async task's attempt, on the event loop: ``_execute`` for a coroutine. Its timeout and ``stop()``
+        cancel it (``CancelledError`` is raised in it, so its ``finally`` blocks and ``async with`` exits run)."""
+        import asyncio
+
+        where = self._loop.name
+        if not self._started(run, where):
+            self._release(attempt)
+            return
+        value = exc = inputs = None
+        with self._lock:
+            attempt.coroutine = asyncio.current_task()
+            halted = attempt.halted
+        timer = None
+        try:
+            if halted:  # stopped before it was let run
+                raise asyncio.CancelledError
+            inputs = self._arguments(run)
+            attempt.pick_gpus(self.cuda_visible)
+            timeout = run.task.options.timeout
+            deadline = time.monotonic() + timeout if timeout is not None else None
+            if timeout is not None:
+                timer = asyncio.get_running_loop().call_later(timeout, self._expire, attempt)
+            with context.running_coroutine(attempt.context(where, run.demands or {}, deadline)):
+                value = await run.task.fn(*inputs[0], **inputs[1])
+        except BaseException as error:
+            from ..debugging.worker_snapshot import report
+
+            exc = self._cancelled_why(run, attempt, error)
+            attempt.report = report(exc, inputs, frames=False)
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self._lock:
+                attempt.coroutine = None
+        self._release(attempt)
+        self._ended(run, attempt, value, exc)
+
+    def _cancelled_why(self, run: _LocalRun, attempt: _LocalAttempt, error: BaseException) -> BaseException:
+        """What an async attempt that raised ``error`` ended with: its ``TaskTimeout`` or ``TaskStopped`` if it was
+        cancelled for them (whatever the coroutine made of the cancellation), else ``error``."""
+        if attempt.expired:
+            timeout = run.task.options.timeout
+            return TaskTimeout(f"task {run.name!r} ran longer than its timeout of {timeout:g} s")
+        if attempt.halted:
+            return TaskStopped()
+        return error
+
+    def _expire(self, attempt: _LocalAttempt) -> None:
+        """(On the event loop) an async attempt's timeout: cancel it."""
+        with self._lock:
+            attempt.expired = True
+            coroutine = attempt.coroutine
+        if coroutine is not None:
+            coroutine.cancel()
 
     def _prepare(
         self, run: _LocalRun, attempt: _LocalAttempt, thread: str, args: tuple, kwargs: dict
@@ -200,6 +276,10 @@ class LocalEngine(Engine):
             from .memory_watch import watcher
 
             watch = functools.partial(watcher.watch, bound, run.name)
+        if getattr(run.task, "is_async", False):  # the child runs the coroutine on an event loop of its own
+            from .procpool import run_coroutine
+
+            fn = functools.partial(run_coroutine, fn)
         return functools.partial(child.run, fn, args, kwargs, env, keep, ctx, watch), None
 
     def _stop_timer(self, attempt: _LocalAttempt) -> None:
@@ -240,7 +320,10 @@ class LocalEngine(Engine):
         bytecode (its share once it returns)."""
         with self._lock:
             again, attempt.halted = attempt.halted, True
-            child = attempt.child
+            child, coroutine = attempt.child, attempt.coroutine
+            if coroutine is not None:  # an async task: cancelled on its loop (one that has not begun sees ``halted``)
+                self._loop.call(coroutine.cancel)
+                return
             if child is None:  # under the lock: a child set after this cannot start the call, which now refuses
                 attempt.call.stop()
                 return
@@ -313,6 +396,8 @@ class LocalEngine(Engine):
         """Cancel what has not started; running tasks finish in the background, then their threads (and child
         processes) end. Their timeouts still fire."""
         self._grants.close()
+        if self._loop is not None:
+            self._loop.close()
         for run in self._pool.close():
             self._release(run.attempt)
             self._abandon(run)

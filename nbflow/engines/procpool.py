@@ -25,6 +25,7 @@ import cloudpickle
 
 from .. import context, sidechannel
 from ..errors import WorkerDied, portable
+from .attempt import not_a_coroutine
 
 if TYPE_CHECKING:
     from .memory_watch import Watched
@@ -206,6 +207,13 @@ def _exit_with(parent: int) -> None:
     os._exit(70)
 
 
+def run_coroutine(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """An async task's function in the child: its coroutine run to its end on an event loop of its own."""
+    import asyncio
+
+    return asyncio.run(fn(*args, **kwargs))
+
+
 def _run(data: bytes) -> bytes:
     saved: dict[str, str | None] = {}
     try:
@@ -213,7 +221,7 @@ def _run(data: bytes) -> bytes:
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         with context.running(ctx):
-            reply = (True, fn(*args, **kwargs), "", None)
+            reply = (True, not_a_coroutine(fn(*args, **kwargs), ctx.name if ctx else "task"), "", None)
     except BaseException as exc:
         from ..debugging.worker_snapshot import report
 

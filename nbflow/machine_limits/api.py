@@ -130,6 +130,22 @@ async def acquire_async(name: str, amount: float = 1.0, *, timeout: float | None
         raise
 
 
+async def acquire_all_async(demands: Mapping[str, float], *, task: str = "") -> list[Holding]:
+    """``acquire_all`` without blocking the event loop (``acquire_async`` for each, in sorted name order); if the
+    awaiting task is cancelled or one fails, what was taken is released."""
+    checked = {check_name(name): check_amount(name, amount) for name, amount in demands.items()}
+    check_demands(checked)
+    held: list[Holding] = []
+    try:
+        for name in sorted(checked):
+            held.append(await acquire_async(name, checked[name], task=task))
+    except BaseException:
+        for holding in reversed(held):
+            holding.release()
+        raise
+    return held
+
+
 def _release_if_granted(done: concurrent.futures.Future[Holding]) -> None:
     if done.exception() is None:
         done.result().release()

@@ -7,13 +7,17 @@ one-line ``UsageError`` (IPython shows those without a traceback), and ``HELP`` 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import builtins
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from IPython.core.error import UsageError
 from IPython.core.magic_arguments import argument, magic_arguments
 
 from ..errors import ResourceSpecError
 from ..futures import STOP_GRACE
+from ..retry_policy import Backoff, backoff, check_exception_class, delay_option
 from ..specs import byte_size, check_name, duration, parse_amount, parse_resources
 
 
@@ -47,6 +51,46 @@ def _size(text: str) -> int:
 
 def _grace(text: str) -> float:
     return _seconds(text, zero_ok=True)
+
+
+_BACKOFF = re.compile(r"\s*(?:nbflow\.)?backoff\((.*)\)\s*", re.S)
+_BACKOFF_ARGS = ("base", "factor", "max", "jitter")
+
+
+def _retry_delay(text: str) -> float | tuple[float, ...] | Backoff:
+    """``--retry-delay``: seconds (``2``, ``30s``), a list ``1,2,4`` (one per retry, the last repeating), or
+    ``backoff(base=1,factor=2,max=60,jitter=0.1)`` (any of them, by name or in that order)."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted, to hold spaces: the magic keeps quotes
+        text = text[1:-1]
+    try:
+        found = _BACKOFF.fullmatch(text)
+        if found is not None:
+            return _backoff(found.group(1))
+        items = text.split(",")
+        if len(items) == 1:
+            return duration(text.strip(), zero_ok=True, text=True)
+        return delay_option(
+            [duration(item.strip(), f"item {i}", zero_ok=True, text=True) for i, item in enumerate(items, 1)]
+        )
+    except ResourceSpecError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _backoff(inner: str) -> Backoff:
+    given: dict[str, float] = {}
+    for i, part in enumerate(inner.split(",") if inner.strip() else []):
+        key, named, value = part.partition("=")
+        key, value = (key.strip(), value.strip()) if named else (_BACKOFF_ARGS[i] if i < 4 else "", key.strip())
+        if key not in _BACKOFF_ARGS or key in given:
+            raise ResourceSpecError(f"backoff takes base, factor, max and jitter, once each, got {part.strip()!r}")
+        if key in ("base", "max"):
+            given[key] = duration(value, f"backoff {key}", zero_ok=True, text=True)
+        else:
+            try:
+                given[key] = float(value)
+            except ValueError:
+                raise ResourceSpecError(f"backoff {key} must be a number, got {value!r}") from None
+    return backoff(**given)
 
 
 _RESOURCES_HELP = "Dask-style resources, e.g. GPU=1 MEMORY=2GB (also GPU=1,MEMORY=2GB)."
@@ -148,6 +192,19 @@ def replay():
 @argument("--resources", nargs="+", metavar="NAME=AMOUNT", help=_RESOURCES_HELP)
 @argument("--limits", nargs="+", metavar="NAME=AMOUNT", help="Machine-wide limits held while it runs, e.g. gpu=1.")
 @argument("--retries", type=_count(0), metavar="N", default=0, help="Re-runs after a failure (default 0).")
+@argument(
+    "--retry-delay",
+    type=_retry_delay,
+    metavar="DELAY",
+    help="Seconds before a retry (default 0): 5 or 30s; 1,2,4 for one per retry, the last repeating; or"
+    " backoff(base=1,factor=2,max=60,jitter=0.1), exponential.",
+)
+@argument(
+    "--retry-on",
+    nargs="+",
+    metavar="EXCEPTION",
+    help="Retry only these exceptions, e.g. ValueError,KeyError (notebook names, else builtins; default: any).",
+)
 @argument("--timeout", type=_seconds, metavar="SECONDS", help="Fail with TaskTimeout after SECONDS (or 90s, 5m).")
 @argument(
     "--max-memory",
@@ -202,6 +259,37 @@ def resources(option: str, items: list[str] | None) -> dict[str, float]:
         return parse_resources(items or [])
     except ResourceSpecError as exc:
         raise UsageError(f"{option}: {_one_line(exc)}") from None
+
+
+def exception_classes(items: list[str] | None, namespace: Mapping[str, Any]) -> tuple[type, ...] | None:
+    """``--retry-on ValueError,KeyError`` (also ``ValueError KeyError``, ``requests.HTTPError``) as exception classes:
+    each name looked up in ``namespace`` (the notebook's), else among the builtins; None if not given. An unknown
+    name, or one that is not an exception class, is a one-line ``UsageError``."""
+    if items is None:
+        return None
+    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
+    if not names:
+        raise UsageError("--retry-on: name one exception class or more, e.g. --retry-on ValueError,KeyError")
+    found = []
+    for name in names:
+        head, *rest = name.split(".")
+        if head in namespace:
+            value = namespace[head]
+        elif head in vars(builtins):
+            value = vars(builtins)[head]
+        else:
+            raise UsageError(f"--retry-on: unknown name {name!r}: not a notebook variable or a builtin")
+        try:
+            for attribute in rest:
+                value = getattr(value, attribute)
+        except Exception:
+            raise UsageError(f"--retry-on: unknown name {name!r}: {head} has no such attribute") from None
+        try:
+            check_exception_class(value, f"--retry-on {name}")
+        except ResourceSpecError as exc:
+            raise UsageError(_one_line(exc)) from None
+        found.append(value)
+    return tuple(found)
 
 
 def capacity(name: str, text: str) -> float:

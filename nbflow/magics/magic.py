@@ -233,6 +233,8 @@ class NbflowMagics(Magics):
             resources=args.resources("--resources", parsed.resources),
             limits=args.resources("--limits", parsed.limits),
             retries=parsed.retries,
+            retry_delay=0.0 if parsed.retry_delay is None else parsed.retry_delay,
+            retry_on=args.exception_classes(parsed.retry_on, shell.user_ns),
             timeout=parsed.timeout,
             max_memory=parsed.max_memory,
             cache=parsed.cache,

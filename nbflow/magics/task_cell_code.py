@@ -82,19 +82,23 @@ class CellCode:
 
     def _run(self, inputs: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         """Run the cell in a fresh namespace of ``inputs``: the outputs it assigned, and its last expression's value
-        (``None`` if it has none, or shows none)."""
+        (``None`` if it has none, or shows none). A cell with a top-level ``await`` runs on an event loop of its own
+        (in a thread of its own where this thread runs one already: the kernel's, for a replay)."""
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()
-        exec(body, namespace)
-        value = eval(last, namespace) if last is not None else None
+        if (body.co_flags | (last.co_flags if last is not None else 0)) & _CO_COROUTINE:
+            value = _run_coroutine(_awaited(body, last, namespace))
+        else:
+            exec(body, namespace)
+            value = eval(last, namespace) if last is not None else None
         return {name: namespace[name] for name in self.outputs if name in namespace}, value
 
     def _compile(self) -> tuple[Any, Any]:
         tree = ast.parse(self.source, self.filename)
         last = None
         if self.shows_value and tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = compile(ast.Expression(tree.body.pop().value), self.filename, "eval")
-        return compile(tree, self.filename, "exec"), last
+            last = compile(ast.Expression(tree.body.pop().value), self.filename, "eval", _TOP_LEVEL_AWAIT)
+        return compile(tree, self.filename, "exec", _TOP_LEVEL_AWAIT), last
 
     def _format(self, exc: BaseException) -> str:
         """The traceback from the cell's first frame on, with the cell's source lines."""
@@ -118,6 +122,32 @@ class CellCode:
 
     def __repr__(self) -> str:
         return f"<nbflow cell {self.filename}>"
+
+
+_TOP_LEVEL_AWAIT = ast.PyCF_ALLOW_TOP_LEVEL_AWAIT  # as in an ordinary cell (IPython's autoawait)
+_CO_COROUTINE = 0x80  # a code object compiled so that running it makes a coroutine: it awaits at top level
+
+
+async def _awaited(body: Any, last: Any, namespace: dict[str, Any]) -> Any:
+    """The cell's statements, then its last expression, each awaited if it awaits."""
+    ran = eval(body, namespace)
+    if ran is not None:
+        await ran
+    value = eval(last, namespace) if last is not None else None
+    return await value if last is not None and last.co_flags & _CO_COROUTINE else value
+
+
+def _run_coroutine(coroutine: Any) -> Any:
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # none here: the usual case, a worker's thread
+        return asyncio.run(coroutine)
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nbflow-cell-await") as pool:
+        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _settled(displays: Displays) -> list[dict[str, Any]]:

@@ -1,0 +1,84 @@
+"""Where async tasks run (an engine's process, a Dask worker): one asyncio event loop in its own thread.
+
+Coroutines waiting on the network cost no thread each: thousands of async tasks wait at once on one loop, and
+the engine's worker threads stay free for sync tasks. The loop starts with the first async task and stops once
+its owner is closed and no coroutine of its is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+
+class EventLoopThread:
+    """An event loop in a daemon thread named ``name``; ``setup()`` runs first in that thread."""
+
+    def __init__(self, name: str, setup: Callable[[], None] | None = None) -> None:
+        self.name = name
+        self._setup = setup
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock = threading.Lock()
+        self._live = 0  # coroutines spawned and not ended
+        self._closing = False
+
+    def spawn(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> bool:
+        """Run the coroutine ``make()`` returns as an asyncio task on the loop (``make`` is called there); False
+        once closing."""
+        with self._lock:
+            if self._closing:
+                return False
+            self._live += 1
+            loop = self._loop or self._start()
+        loop.call_soon_threadsafe(self._create, make)
+        return True
+
+    def call(self, fn: Callable[..., object], *args: Any) -> None:
+        """``fn(*args)`` in the loop's thread, soon (nothing if the loop is not running)."""
+        loop = self._loop
+        if loop is not None:
+            try:
+                loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # closed meanwhile: nothing of it runs any more
+                pass
+
+    def close(self) -> None:
+        """Stop once the coroutines running now have ended."""
+        with self._lock:
+            self._closing = True
+            idle = self._live == 0
+        if idle:
+            self.call(self._stop)
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        threading.Thread(target=self._main, args=(loop,), name=self.name, daemon=True).start()
+        return loop
+
+    def _main(self, loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        if self._setup is not None:
+            self._setup()
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def _create(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        asyncio.get_running_loop().create_task(self._run(make))
+
+    async def _run(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
+        try:
+            await make()
+        finally:
+            with self._lock:
+                self._live -= 1
+                last = self._closing and self._live == 0
+            if last:
+                self._stop()
+
+    def _stop(self) -> None:
+        asyncio.get_running_loop().stop()

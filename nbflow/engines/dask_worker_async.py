@@ -1,0 +1,96 @@
+"""On a Dask worker: the function Dask runs for every attempt of an async nbflow task.
+
+Dask runs a coroutine function on the worker's event loop. ``run_task_async`` at once leaves the worker's task
+slots, as a seceded task does, so a coroutine waiting on the network holds neither a thread nor a slot: thousands
+wait at once on a worker with two threads. Its code runs on the worker's loop: a blocking call in it stalls the
+worker (``await asyncio.to_thread(...)`` is the way to call one).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import time
+from typing import Any
+
+from distributed import get_worker
+from distributed.worker_state_machine import SecedeEvent
+
+from .. import context, sidechannel
+from ..errors import TaskStopped, TaskTimeout
+from . import dask_worker_stops as stops
+from .attempt import Attempt
+from .core import bind
+from .dask_attempt_keys import task_key
+from .dask_worker_engine import worker_engine
+from .dask_worker_events import send_side, starts
+from .dask_worker_task import pick_gpus, reported, unpack
+
+
+class _Cancel:
+    """How a client's ``stop`` or the task's timeout stops a coroutine: cancel its asyncio task."""
+
+    __slots__ = ("task", "stopped", "expired")
+
+    def __init__(self, task: asyncio.Task) -> None:
+        self.task = task
+        self.stopped = False
+        self.expired = False
+
+    def stop(self) -> None:
+        self.stopped = True
+        self.task.get_loop().call_soon_threadsafe(self.task.cancel)
+
+    def expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+
+async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
+    """``dask_worker_task.run_task`` for an async task (its Dask key is passed in: no worker thread knows it)."""
+    task = unpack(packed)
+    opts = task.options
+    worker = get_worker()
+    sidechannel.install(functools.partial(send_side, worker))
+    bind(worker_engine(worker, on_unsatisfiable))  # (the loop's thread: nested submits of its coroutines go there)
+    worker.handle_stimulus(SecedeEvent(key=dask_key, compute_duration=0.0, stimulus_id=f"nbflow-async-{time.time()}"))
+    starts.begin(worker, dask_key)
+    cancel = stops.begin(dask_key, _Cancel(asyncio.current_task()))
+    timer = None
+    try:
+        key, number = task_key(dask_key)
+        attempt = Attempt(number, key, opts.name)
+        if opts.limits:
+            from ..machine_limits.api import acquire_all_async
+
+            attempt.holdings = await acquire_all_async(opts.limits, task=opts.name)
+        try:
+            pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
+            where, holds = str(worker.name), opts.held() if opts.limits else opts.resources
+            deadline = None
+            if opts.timeout is not None:
+                deadline = time.monotonic() + opts.timeout
+                timer = asyncio.get_running_loop().call_later(opts.timeout, cancel.expire)
+            with context.running_coroutine(attempt.context(where, holds, deadline)):
+                return await task.fn(*args, **kwargs)
+        finally:
+            attempt.release()
+    except asyncio.CancelledError:
+        if cancel.expired:
+            failed: BaseException = TaskTimeout(f"task {opts.name!r} ran longer than its timeout of {opts.timeout:g} s")
+        elif cancel.stopped:  # the client stopped it, and counts it cancelled
+            return None
+        else:
+            raise
+    except TaskStopped:
+        if cancel.stopped:
+            return None
+        raise
+    except Exception as exc:
+        failed = reported(exc, args, kwargs, worker, dask_key)
+    finally:
+        if timer is not None:
+            timer.cancel()
+        stops.end(dask_key)
+        starts.end(dask_key)
+    raise failed
