@@ -72,7 +72,10 @@ async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict
                 deadline = time.monotonic() + opts.timeout
                 timer = asyncio.get_running_loop().call_later(opts.timeout, cancel.expire)
             with context.running_coroutine(attempt.context(where, holds, deadline)):
-                return await task.fn(*args, **kwargs)
+                value = await task.fn(*args, **kwargs)
+            if cancel.expired or cancel.stopped:  # it caught the cancellation and returned: it still timed out
+                raise asyncio.CancelledError
+            return value
         finally:
             attempt.release()
     except asyncio.CancelledError:

@@ -217,6 +217,8 @@ class LocalEngine(Engine):
                 timer = asyncio.get_running_loop().call_later(timeout, self._expire, attempt)
             with context.running_coroutine(attempt.context(where, run.demands or {}, deadline)):
                 value = await run.task.fn(*inputs[0], **inputs[1])
+            if attempt.expired or attempt.halted:  # it caught the cancellation and returned: it still timed out
+                raise asyncio.CancelledError
         except BaseException as error:
             from ..debugging.worker_snapshot import report
 
