@@ -33,16 +33,23 @@ class TaskContext:
 
 def current() -> TaskContext | None:
     """The task running in this thread (or this asyncio task, for an async task), or ``None`` outside a task."""
-    ctx = getattr(_local, "context", None)
-    if ctx is None:  # many async tasks share one event loop's thread: theirs is in their asyncio task's context
-        ctx = _in_coroutine.get()
+    here = getattr(_local, "context", None)
+    mine = _in_coroutine.get()  # (context, this thread's when it began): an async task's, in its asyncio task
+    if mine is not None and (here is None or here is mine[1]):
+        # many async tasks share one event loop's thread: theirs is in their asyncio task's context; it also wins
+        # over the thread's task it began in (``await task(x)`` in a child process, ``asyncio.run`` in a sync task),
+        # not over one this thread entered since (a direct call of a sync task inside the coroutine)
+        ctx = mine[0]
         if isinstance(ctx, tuple):
             ctx = of(*ctx)
-            _in_coroutine.set(ctx)
+            _in_coroutine.set((ctx, mine[1]))
         return ctx
-    if isinstance(ctx, tuple):  # built on first use: most tasks never ask
-        ctx = _local.context = of(*ctx)
-    return ctx
+    if isinstance(here, tuple):  # built on first use: most tasks never ask (kept aside: ``here`` stays as entered)
+        built = getattr(_local, "built", None)
+        if built is None or built[0] is not here:
+            built = _local.built = (here, of(*here))
+        return built[1]
+    return here
 
 
 def of(
@@ -76,7 +83,7 @@ def leave(saved: object) -> None:
 def running_coroutine(context: TaskContext | tuple | None) -> Iterator[None]:
     """In an async task's asyncio task: ``context`` is its current task for the block (asyncio tasks it creates
     meanwhile inherit it, as parts of the same nbflow task; other asyncio tasks on the loop never see it)."""
-    token = _in_coroutine.set(context)
+    token = _in_coroutine.set((context, getattr(_local, "context", None)))
     try:
         yield
     finally:

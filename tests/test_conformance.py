@@ -7,6 +7,7 @@ functions synchronised through files, so they run the same in a thread, a child 
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures as cf
 import os
 import time
@@ -96,6 +97,46 @@ def pipeline(n: int) -> list[int]:
 
 def calls(directory: str) -> int:
     return len(os.listdir(directory))
+
+
+# async task bodies (``async def``): the same checks, their coroutines awaited on the engine's event loop, in a
+# child process or on a Dask worker
+
+
+async def async_echo(x):
+    await asyncio.sleep(0)
+    return x
+
+
+async def async_add(a, b=0):
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+async def async_hold(directory: str, release: str, value=None):
+    """``hold``, awaiting: it holds no thread while it waits for ``release``."""
+    mark(directory)
+    deadline = time.monotonic() + 120
+    while not os.path.exists(release):
+        assert time.monotonic() < deadline, "never released"
+        await asyncio.sleep(0.01)
+    return value
+
+
+async def async_flaky(directory: str, fails: int):
+    await asyncio.sleep(0)
+    return flaky(directory, fails)
+
+
+async def async_boom():
+    await asyncio.sleep(0)
+    raise KeyError("missing")
+
+
+async def async_current(pause: float) -> tuple:
+    await asyncio.sleep(pause)  # others run on the same loop meanwhile
+    ctx = nbflow.current()
+    return ctx.key, ctx.name, ctx.attempt, dict(ctx.resources), bool(ctx.worker)
 
 
 @pytest.fixture
@@ -305,3 +346,80 @@ def test_close_cancels_what_has_not_started_and_refuses_new_tasks(engine, spot):
     assert running.done()
     with pytest.raises(RuntimeError, match="closed"):
         nbflow.task(echo).submit(1)
+
+
+# --- async tasks: the same contract for an ``async def`` ------------------------------------------------------------
+
+
+def test_async_tasks_return_values_in_order_and_can_be_awaited(engine):
+    assert nbflow.task(async_add).submit(2, b=3).result(60) == 5
+    futs = nbflow.task(async_add).map(range(5), range(10, 15))
+    assert nbflow.gather(futs, timeout=60) == [10, 12, 14, 16, 18]
+    assert all(f.status == "finished" for f in futs)
+
+    async def awaiting():
+        return await asyncio.gather(*nbflow.task(async_echo).map([1, 2]))
+
+    assert asyncio.run(awaiting()) == [1, 2]
+    with pytest.raises(KeyError, match="missing"):
+        nbflow.task(async_boom).submit().result(60)
+
+
+def test_async_tasks_take_futures_as_dependencies_and_fail_after_a_failed_upstream(engine, spot):
+    marks, _ = spot
+    a, b = nbflow.task(async_echo).submit(1), nbflow.task(echo).submit(2)
+    total = nbflow.task(lambda xs, d: sum(xs) + d["k"]).submit([a, b], {"k": a})  # sync on async
+    chained = nbflow.task(async_add).submit(total, b=nbflow.task(async_echo).submit(10))
+    assert chained.result(60) == 14
+    failed = nbflow.task(async_boom, name="load").submit()
+    child = nbflow.task(async_flaky, name="child").submit(marks, failed)
+    with pytest.raises(nbflow.UpstreamError, match="'load' failed: KeyError"):
+        child.result(60)
+    assert calls(marks) == 0
+
+
+def test_async_retries_run_failed_attempts_again(engine, spot, tmp_path):
+    marks, _ = spot
+    fut = nbflow.task(async_flaky, retries=2).submit(marks, 2)
+    assert fut.result(60) == 3 and fut.attempt == 2
+    again = tmp_path / "again"
+    again.mkdir()
+    with pytest.raises(OSError, match="attempt 2 failed"):
+        nbflow.task(async_flaky, retries=1).submit(str(again), 5).result(60)
+    assert calls(str(again)) == 2
+
+
+def test_an_async_timeout_fails_the_attempt_with_task_timeout_and_is_retried(engine, spot):
+    marks, release = spot
+    timeout = 5 if getattr(engine, "processes", False) else 0.5  # (a child's start-up counts, as above)
+    fut = nbflow.task(async_hold, timeout=timeout, retries=1, name="slow").submit(marks, release)
+    with pytest.raises(nbflow.TaskTimeout, match=f"'slow' ran longer than its timeout of {timeout:g} s"):
+        fut.result(60)
+    assert calls(marks) == 2
+    Path(release).touch()
+    assert nbflow.task(async_echo).submit("after").result(60) == "after"
+
+
+def test_async_limits_are_held_while_the_coroutine_runs_and_freed_however_it_ends(engine, spot):
+    marks, release = spot
+    nbflow.limit("conf", 1)
+    first = nbflow.task(async_hold, limits={"conf": 1}, name="holder").submit(marks, release, 1)
+    second = nbflow.task(async_hold, limits={"conf": 1}, name="holder").submit(marks, release, 2)
+    wait_for(lambda: calls(marks) == 1, timeout=60)
+    status = next(s for s in nbflow.limits() if s.name == "conf")
+    assert status.used == 1 and [h.task for h in status.holders] == ["holder"]
+    assert nbflow.task(async_echo).submit("free").result(60) == "free"  # not blocked by the waiting one
+    assert calls(marks) == 1
+    Path(release).touch()
+    assert nbflow.gather([first, second], timeout=60) == [1, 2]
+    with pytest.raises(KeyError):
+        nbflow.task(async_boom, limits={"conf": 1}).submit().result(60)
+    wait_for(lambda: _used("conf") == 0, timeout=30)
+
+
+def test_current_names_each_running_async_task(engine):
+    nbflow.limit("conf", 10)
+    futs = nbflow.task(async_current, limits={"conf": 1}, name="who").map([0.02 * (i % 3) for i in range(6)])
+    for fut, (key, name, attempt, holds, has_worker) in zip(futs, nbflow.gather(futs, timeout=60), strict=True):
+        assert (key, name, attempt, holds, has_worker) == (fut.key, "who", 0, {"conf": 1.0}, True)
+    assert nbflow.current() is None

@@ -8,6 +8,7 @@ its owner is closed and no coroutine of its is left.
 from __future__ import annotations
 
 import asyncio
+import collections
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -23,6 +24,7 @@ class EventLoopThread:
         self._lock = threading.Lock()
         self._live = 0  # coroutines spawned and not ended
         self._closing = False
+        self._spawned: collections.deque = collections.deque()  # ``make``s not yet taken by the loop
 
     def spawn(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> bool:
         """Run the coroutine ``make()`` returns as an asyncio task on the loop (``make`` is called there); False
@@ -32,7 +34,10 @@ class EventLoopThread:
                 return False
             self._live += 1
             loop = self._loop or self._start()
-        loop.call_soon_threadsafe(self._create, make)
+            wake = not self._spawned  # one wake-up of the loop per batch, not per coroutine (each is a write)
+            self._spawned.append(make)
+        if wake:
+            loop.call_soon_threadsafe(self._create)
         return True
 
     def call(self, fn: Callable[..., object], *args: Any) -> None:
@@ -67,18 +72,19 @@ class EventLoopThread:
         finally:
             loop.close()
 
-    def _create(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        asyncio.get_running_loop().create_task(self._run(make))
+    def _create(self) -> None:
+        with self._lock:
+            spawned, self._spawned = self._spawned, collections.deque()
+        loop = asyncio.get_running_loop()
+        for make in spawned:
+            loop.create_task(make()).add_done_callback(self._ended)
 
-    async def _run(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> None:
-        try:
-            await make()
-        finally:
-            with self._lock:
-                self._live -= 1
-                last = self._closing and self._live == 0
-            if last:
-                self._stop()
+    def _ended(self, _: asyncio.Task) -> None:
+        with self._lock:
+            self._live -= 1
+            last = self._closing and self._live == 0
+        if last:
+            self._stop()
 
     def _stop(self) -> None:
         asyncio.get_running_loop().stop()

@@ -27,12 +27,14 @@ class Starts:
         self._running: dict[str, tuple[float, Any]] = {}  # key -> (start time, worker), not yet reported
         self._wake = threading.Event()
         self._lock = threading.Lock()
+        self._edit = threading.Lock()  # ``_running`` is copied while threads (and an event loop's) add to it
         self._thread: threading.Thread | None = None
 
     def begin(self, worker: Any, key: str | None = None) -> str:
         """The attempt running under ``key`` (default: the task of this worker thread) began."""
         key = key or worker.get_current_task()
-        self._running[key] = (time.monotonic(), worker)
+        with self._edit:
+            self._running[key] = (time.monotonic(), worker)
         if not self._wake.is_set():
             self._wake.set()
             if self._thread is None:
@@ -40,7 +42,8 @@ class Starts:
         return key
 
     def end(self, key: str) -> None:
-        self._running.pop(key, None)
+        with self._edit:
+            self._running.pop(key, None)
 
     def _start(self) -> None:
         with self._lock:
@@ -54,7 +57,9 @@ class Starts:
             time.sleep(self.TICK)
             due = time.monotonic() - self.TICK
             by_worker: dict[Any, list[str]] = {}
-            for key, (since, worker) in list(self._running.items()):
+            with self._edit:  # (copying thousands of items may let another thread run, and add one)
+                running = list(self._running.items())
+            for key, (since, worker) in running:
                 if since <= due and self._running.pop(key, None) is not None:
                     by_worker.setdefault(worker, []).append(key)
             for worker, keys in by_worker.items():

@@ -22,7 +22,7 @@ from typing import Any
 
 from .. import context, devices
 from ..errors import EngineConfigError, TaskStopped, TaskTimeout
-from ..futures import set_block_hook
+from ..futures import STOP_GRACE, set_block_hook
 from ..machine_limits.api import check_demands
 from ..options import Runnable
 from ..snapshot import Occupancy, ResourceUse, limits_snapshot
@@ -202,15 +202,14 @@ class LocalEngine(Engine):
             self._release(attempt)
             return
         value = exc = inputs = None
-        with self._lock:
-            attempt.coroutine = asyncio.current_task()
-            halted = attempt.halted
+        attempt.coroutine = asyncio.current_task()  # (read and written on the loop only: ``_cancel``, ``_expire``)
         timer = None
         try:
-            if halted:  # stopped before it was let run
+            if attempt.halted:  # stopped before it was let run
                 raise asyncio.CancelledError
             inputs = self._arguments(run)
-            attempt.pick_gpus(self.cuda_visible)
+            if attempt.holdings:
+                attempt.pick_gpus(self.cuda_visible)
             timeout = run.task.options.timeout
             deadline = time.monotonic() + timeout if timeout is not None else None
             if timeout is not None:
@@ -227,8 +226,7 @@ class LocalEngine(Engine):
         finally:
             if timer is not None:
                 timer.cancel()
-            with self._lock:
-                attempt.coroutine = None
+            attempt.coroutine = None
         self._release(attempt)
         self._ended(run, attempt, value, exc)
 
@@ -244,11 +242,15 @@ class LocalEngine(Engine):
 
     def _expire(self, attempt: _LocalAttempt) -> None:
         """(On the event loop) an async attempt's timeout: cancel it."""
-        with self._lock:
-            attempt.expired = True
-            coroutine = attempt.coroutine
-        if coroutine is not None:
-            coroutine.cancel()
+        attempt.expired = True
+        self._cancel(attempt)
+
+    @staticmethod
+    def _cancel(attempt: _LocalAttempt) -> None:
+        """(On the event loop) cancel an async attempt's coroutine, if it runs (one that has not begun sees
+        ``halted`` or ``expired`` when it does)."""
+        if attempt.coroutine is not None:
+            attempt.coroutine.cancel()
 
     def _prepare(
         self, run: _LocalRun, attempt: _LocalAttempt, thread: str, args: tuple, kwargs: dict
@@ -302,16 +304,21 @@ class LocalEngine(Engine):
 
     def _timed_out(self, run: _LocalRun, attempt: _LocalAttempt) -> None:
         """In the timer thread: end the attempt now. A child process is killed (its share is released once it
-        is dead); a thread cannot be stopped, so its slot is lent out and its share kept until it returns."""
+        is dead; an async task's gets SIGTERM, then SIGKILL ``STOP_GRACE`` seconds later, as for ``stop()``); a thread
+        cannot be stopped, so its slot is lent out and its share kept until it returns."""
         with self._lock:
             if attempt.timer is None:  # returned meanwhile
                 return
             attempt.timer = None
-            if attempt.child is not None:
-                attempt.child.kill()
-            else:
+            child = attempt.child
+            if child is None:
                 attempt.lent = True
                 self._pool.lend()
+            elif not getattr(run.task, "is_async", False):
+                child.kill()
+                child = None
+        if child is not None:  # an async task's child: SIGTERM cancels its coroutine (its finally blocks run) first
+            self._halt(run, attempt, STOP_GRACE)
         timeout = run.task.options.timeout
         exc = TaskTimeout(f"task {run.name!r} ran longer than its timeout of {timeout:g} s")
         self._ended(run, attempt, exc=exc)
@@ -320,12 +327,13 @@ class LocalEngine(Engine):
         """``stop()``: a child process gets SIGTERM, then SIGKILL after ``grace`` seconds (its share is released
         once it is dead; stopped again, only the shorter grace counts); a thread gets ``TaskStopped`` at its next
         bytecode (its share once it returns)."""
+        if run.on_loop:  # an async task: cancelled on its loop
+            attempt.halted = True
+            self._loop.call(self._cancel, attempt)
+            return
         with self._lock:
             again, attempt.halted = attempt.halted, True
-            child, coroutine = attempt.child, attempt.coroutine
-            if coroutine is not None:  # an async task: cancelled on its loop (one that has not begun sees ``halted``)
-                self._loop.call(coroutine.cancel)
-                return
+            child = attempt.child
             if child is None:  # under the lock: a child set after this cannot start the call, which now refuses
                 attempt.call.stop()
                 return

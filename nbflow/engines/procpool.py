@@ -208,10 +208,21 @@ def _exit_with(parent: int) -> None:
 
 
 def run_coroutine(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """An async task's function in the child: its coroutine run to its end on an event loop of its own."""
+    """An async task's function in the child: its coroutine run to its end on an event loop of its own (its task
+    also in the coroutine's context: threads it starts with ``asyncio.to_thread`` see it, as on the local loop).
+    SIGTERM (``stop()``, a timeout) cancels it, so its ``finally`` blocks run before the SIGKILL that follows."""
     import asyncio
 
-    return asyncio.run(fn(*args, **kwargs))
+    async def main() -> Any:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGTERM, asyncio.current_task().cancel)  # stop(), a timeout: cancel it
+        try:
+            with context.running_coroutine(context.current()):
+                return await fn(*args, **kwargs)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+    return asyncio.run(main())
 
 
 def _run(data: bytes) -> bytes:
