@@ -252,6 +252,8 @@ def gather(fs: Iterable[cf.Future], timeout: float | None = None) -> list[Any]:
                 " (e.g. [f for group in groups for f in group])"
             )
     deadline = None if timeout is None else time.monotonic() + timeout
+    with blocking():  # one wake-up when all are done (or one failed), not one per future as it finishes
+        cf.wait(fs, timeout, cf.FIRST_EXCEPTION)
     for f in fs:
         exc = f.exception(None if deadline is None else max(0.0, deadline - time.monotonic()))
         if exc is not None:

@@ -22,7 +22,6 @@ class EventLoopThread:
         self._setup = setup
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
-        self._live = 0  # coroutines spawned and not ended
         self._closing = False
         self._spawned: collections.deque = collections.deque()  # ``make``s not yet taken by the loop
 
@@ -32,7 +31,6 @@ class EventLoopThread:
         with self._lock:
             if self._closing:
                 return False
-            self._live += 1
             loop = self._loop or self._start()
             wake = not self._spawned  # one wake-up of the loop per batch, not per coroutine (each is a write)
             self._spawned.append(make)
@@ -50,12 +48,11 @@ class EventLoopThread:
                 pass
 
     def close(self) -> None:
-        """Stop once the coroutines running now have ended."""
+        """Stop once the coroutines running now (those spawned before, and what they started) have ended."""
         with self._lock:
             self._closing = True
-            idle = self._live == 0
-        if idle:
-            self.call(self._stop)
+        self.call(self._create)  # (spawned ones not yet created are created first, then waited for)
+        self.call(lambda: asyncio.get_running_loop().create_task(self._stop_when_idle()))
 
     def _start(self) -> asyncio.AbstractEventLoop:
         loop = asyncio.new_event_loop()
@@ -77,14 +74,11 @@ class EventLoopThread:
             spawned, self._spawned = self._spawned, collections.deque()
         loop = asyncio.get_running_loop()
         for make in spawned:
-            loop.create_task(make()).add_done_callback(self._ended)
+            loop.create_task(make())
 
-    def _ended(self, _: asyncio.Task) -> None:
-        with self._lock:
-            self._live -= 1
-            last = self._closing and self._live == 0
-        if last:
-            self._stop()
-
-    def _stop(self) -> None:
+    async def _stop_when_idle(self) -> None:
+        """(Closing) wait for every other task of the loop, then stop it: no count is kept per coroutine."""
+        me = asyncio.current_task()
+        while others := [task for task in asyncio.all_tasks() if task is not me]:
+            await asyncio.wait(others)
         asyncio.get_running_loop().stop()
