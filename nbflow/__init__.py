@@ -92,7 +92,7 @@ def debug(future: Future, commands: Iterable[str] | None = None) -> None:
     answer (``nbflow.debug(fut, commands=["p y", "where"])``, for notebooks run unattended)."""
     from .debugging.kernel_debugger import debug as run
 
-    run(future, None if commands is None else list(commands))
+    run(future, commands if commands is None or isinstance(commands, (str, bytes)) else list(commands))
 
 
 def cache_entries() -> list[Any]:

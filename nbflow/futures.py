@@ -139,9 +139,10 @@ class Future(cf.Future):
     def replay(self) -> Any:
         """Run this failed task's last attempt again, here in the calling thread, with the inputs it received
         (dependency values included), so that ``breakpoint()`` or ``%debug`` can step through it; returns or raises
-        what the task's function does. Side effects run again. A task that never ran (an upstream failed) replays
-        the task that failed."""
-        return failed_origin(self)[1].replay()
+        what the task's function does. Side effects run again. A task that never ran (an upstream failed) is not
+        replayed: ``NbflowError`` names the task that failed, to replay that one."""
+        __tracebackhide__ = True  # (IPython leaves this frame out of the replayed task's traceback)
+        return own_failure(self).replay()
 
     # --- the engines' side: like ``set_running_or_notify_cancel``, only engine implementations call these ---------
 
@@ -223,6 +224,18 @@ def failed_origin(fut: Future) -> tuple[Future, Any]:
         if not isinstance(exc, UpstreamError) or upstream is None:
             raise NbflowError(f"task {fut.name!r} failed before it ran ({type(exc).__name__}: {exc}): nothing to debug")
         fut = upstream
+
+
+def own_failure(fut: Future) -> Any:
+    """What ``fut`` keeps of its own failed attempt, for ``replay``; a one-line ``NbflowError`` if it has none (as
+    for ``failed_origin``), or if it never ran because an upstream task failed (that one is to be replayed)."""
+    failed, failure = failed_origin(fut)
+    if failed is not fut:
+        raise NbflowError(
+            f"task {fut.name!r} never ran: its upstream task {failed.name!r} failed; replay that one (its future's"
+            " .replay(), or %nbflow replay for a task cell)"
+        )
+    return failure
 
 
 def wait(fs: Iterable[cf.Future], timeout: float | None = None, return_when: str = cf.ALL_COMPLETED):

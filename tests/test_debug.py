@@ -341,7 +341,7 @@ def test_dask_big_locals_of_a_worker_that_left_are_placeholders_saying_lost(caps
     nbflow.use("local")  # the Dask engine closes, its cluster with it
     wait_for(lambda: engine.cluster.status.name == "closed", WAIT, "the cluster to close")
     got = answers(debug(closed, capsys, "p blob", "p small"))
-    assert got["p blob"].startswith("<builtins.bytes not restored (lost: the worker"), got["p blob"]
+    assert got["p blob"].startswith("<builtins.bytes not restored (lost: the Dask client is closed)"), got["p blob"]
     assert got["p small"] == "7"
 
 
@@ -369,7 +369,7 @@ def test_debug_refuses_futures_that_did_not_fail_in_the_tasks_code(tmp_path):
             nbflow.debug(not_a_future)
 
 
-def test_a_task_whose_upstream_failed_debugs_and_replays_the_upstream_failure(engine, capsys):
+def test_a_task_whose_upstream_failed_debugs_the_upstream_failure_and_replays_only_that_one(engine, capsys):
     up = nbflow.task(upstream_fails).submit()
     down = nbflow.task(passes_on).submit(up)
     nbflow.wait([down], timeout=WAIT)
@@ -377,8 +377,10 @@ def test_a_task_whose_upstream_failed_debugs_and_replays_the_upstream_failure(en
     out = debug(down, capsys, "p up_local")
     assert "post-mortem of task 'upstream_fails'" in out
     assert answers(out)["p up_local"] == "'from upstream'"
+    with pytest.raises(nbflow.NbflowError, match="never ran: its upstream task 'upstream_fails' failed; replay that"):
+        down.replay()  # (replaying the upstream here would return its value as if it were this task's)
     with pytest.raises(KeyError, match="upstream broke"):
-        down.replay()
+        up.replay()
 
 
 def test_a_timed_out_task_has_no_frames_of_its_code_to_debug(engine):
@@ -507,3 +509,89 @@ def check_deep_failure(fut: nbflow.Future, capsys) -> None:
     innermost = int(got["p depth_here"])
     assert innermost >= worker_snapshot.FRAMES_KEPT  # the outermost frames were left out, the innermost kept
     assert int(got["p depth_here - 1"]) == innermost - 2  # ``up``: the frame that called it
+
+
+# --- what a hostile user tried --------------------------------------------------------------------------------------
+
+
+class SlowRepr:
+    """Refuses to pickle, and its repr never ends: a placeholder would wait for it forever."""
+
+    def __init__(self, never: threading.Event) -> None:
+        self.never = never
+
+    def __reduce__(self):
+        raise TypeError("not picklable")
+
+    def __repr__(self) -> str:
+        self.never.wait()
+        return "never"
+
+
+def slow_repr_local(never):
+    stuck = SlowRepr(never)  # noqa: F841 (a local the snapshot tries)
+    small = 7  # noqa: F841
+    raise ValueError("with a local whose repr never ends")
+
+
+def test_a_local_whose_repr_never_ends_delays_the_snapshot_a_bounded_time_and_the_others_come_back(monkeypatch):
+    monkeypatch.setattr(worker_snapshot, "LOCALS_SECONDS", 0.5)
+    never = threading.Event()
+    try:
+        start = time.monotonic()
+        snapshot = snapshot_of(slow_repr_local, never)
+        assert time.monotonic() - start < WAIT
+        values = snapshot.frames[-1].locals
+        import cloudpickle
+
+        assert cloudpickle.loads(values["small"]) == 7  # (pickled before any placeholder's repr was asked)
+        assert isinstance(values["stuck"], Unavailable) and "took over 0.5 s" in values["stuck"].why
+        assert values["stuck"].type_name.endswith("SlowRepr")
+    finally:
+        never.set()  # (the helper thread still in the repr ends)
+
+
+def big_values():
+    blob = b"x" * 50_000  # noqa: F841
+    import numpy
+
+    wide = numpy.broadcast_to(numpy.zeros(1), (400_000_000,))  # noqa: F841 (8 bytes held, 3.2 GB if copied)
+    raise ValueError("with big values")
+
+
+def test_values_over_the_bound_become_placeholders_without_being_copied(monkeypatch):
+    monkeypatch.setattr(worker_snapshot, "LOCALS_BOUND", 10_000)
+    values = snapshot_of(big_values).frames[-1].locals
+    blob, wide = values["blob"], values["wide"]
+    assert isinstance(blob, Unavailable) and "over the" in blob.why
+    assert blob.text.startswith("b'xxx") and len(blob.text) < 200  # its repr cut before it is made, not after
+    assert isinstance(wide, Unavailable) and "over the" in wide.why  # refused by its size, not by copying it
+
+
+def test_commands_that_would_ask_for_input_are_refused_and_no_trace_is_left(capsys):
+    nbflow.use("local", workers=1)
+    fut = failed(job, 1)
+    before = sys.gettrace()
+    got = answers(debug(fut, capsys, "debug 1/0", "interact", "restart", "p y"))
+    assert sys.gettrace() is before
+    assert got["debug 1/0"] == "*** debug: not with commands= (it asks for input)"
+    assert got["interact"] == "*** interact: not with commands= (it asks for input)"
+    assert got["p y"] == "42"
+    for wrong in ("p y", b"p y", [None, 3]):
+        with pytest.raises(TypeError, match="commands must be a list of pdb commands as strings"):
+            nbflow.debug(fut, commands=wrong)
+
+
+def exits():
+    local_val = 42  # noqa: F841
+    raise SystemExit(3)
+
+
+def test_a_task_raising_system_exit_on_dask_fails_with_it_and_keeps_its_worker(dask_cluster, capsys):
+    engine = nbflow.use("dask", address=dask_cluster.scheduler_address)
+    workers = set(engine.client.scheduler_info()["workers"])
+    fut = nbflow.task(exits).submit()
+    nbflow.wait([fut], timeout=WAIT)
+    assert isinstance(fut.exception(), SystemExit) and fut.exception().args == (3,)
+    assert answers(debug(fut, capsys, "p local_val"))["p local_val"] == "42"
+    assert set(engine.client.scheduler_info()["workers"]) == workers  # (the worker was not ended by it)

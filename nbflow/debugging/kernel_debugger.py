@@ -35,6 +35,8 @@ def debug(fut: Future, commands: Sequence[str] | None = None) -> None:
     """Open pdb post-mortem at the line of the task's code that raised, for ``fut`` or, if it never ran, the
     upstream task that failed. With ``commands``, run those pdb commands instead of asking, printing each with
     its answer (for notebooks that run unattended)."""
+    if commands is not None and (isinstance(commands, (str, bytes)) or not all(isinstance(c, str) for c in commands)):
+        raise TypeError('commands must be a list of pdb commands as strings, e.g. ["p x", "where"]')
     failed, failure = failed_origin(fut)
     exc = failed.exception()
     tb = traceback_of(failure)
@@ -52,7 +54,11 @@ def debug(fut: Future, commands: Sequence[str] | None = None) -> None:
             debugger.fncache[name] = name
         entry = entry.tb_next
     debugger.reset()
-    debugger.interaction(None, tb)
+    tracing = sys.gettrace()  # (pdb leaves a trace function set when some commands end it: put back what was)
+    try:
+        debugger.interaction(None, tb)
+    finally:
+        sys.settrace(tracing)
 
 
 def debuggable(fut: Future) -> bool:
@@ -92,7 +98,7 @@ def _stub(frame: Frame) -> TracebackType:
     """A real frame standing for ``frame``: a line compiled at its line number, under its file and function name,
     run with its restored locals; returns the traceback entry of that frame."""
     _register_source(frame)
-    values = {name: _restore(value) for name, value in frame.locals.items()}
+    values = {name: _restore(value, frame.kinds.get(name, "?")) for name, value in frame.locals.items()}
     if frame.module_level:  # a task cell's namespace: its globals are its locals
         namespace = {"__builtins__": builtins, "__name__": frame.module or "__main__", **values}
         globals_, locals_ = namespace, namespace
@@ -135,7 +141,8 @@ def _codes_of(obj: Any) -> list[Any]:
     return [code] if code is not None and hasattr(code, "co_consts") else []
 
 
-def _restore(value: Any) -> Any:
+def _restore(value: Any, kind: str) -> Any:
+    """A local of type ``kind`` unpickled here (its unpickling is the user's code: a class's ``__setstate__``)."""
     if isinstance(value, Unavailable):
         return value
     import cloudpickle
@@ -143,7 +150,8 @@ def _restore(value: Any) -> Any:
     try:
         return cloudpickle.loads(value)
     except Exception as exc:
-        return Unavailable("?", f"{len(value)} pickled bytes", f"cannot be rebuilt here: {type(exc).__name__}: {exc}")
+        why = f"cannot be rebuilt here: {type(exc).__name__}: {exc}"
+        return Unavailable(kind, f"({len(value)} bytes pickled)", why)
 
 
 def _globals(module: str | None) -> dict[str, Any]:
@@ -220,7 +228,13 @@ class _Scripted(_plain_pdb()):  # type: ignore[misc]
 
     def __init__(self, commands: Sequence[str]) -> None:
         super().__init__(stdout=sys.stdout, readrc=False, nosigint=True)
-        self.cmdqueue = [str(command) for command in commands]
+        self.cmdqueue = list(commands)
+
+    def _asks(self, arg: str) -> None:
+        """(``debug``, ``interact``, ``restart``, ``run``) would read commands from stdin, which nobody answers here."""
+        self.error(f"{self.lastcmd.split()[0] if self.lastcmd else 'that'}: not with commands= (it asks for input)")
+
+    do_debug = do_interact = do_restart = do_run = _asks
 
     def cmdloop(self, intro: Any = None) -> None:
         if self.cmdqueue:  # (none: the frame it stopped at was shown, and that is all)

@@ -70,6 +70,7 @@ class Failure:
 
     def replay(self) -> Any:
         """Run the failed attempt again here, with its inputs; returns or raises what the task's function does."""
+        __tracebackhide__ = True  # (IPython leaves nbflow's frames out of the replayed task's traceback)
         from ..engines.attempt import Attempt, run_here
         from ..futures import substitute, upstream_value
 

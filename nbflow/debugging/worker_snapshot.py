@@ -16,6 +16,7 @@ import io
 import linecache
 import os
 import reprlib
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -27,8 +28,20 @@ LOCALS_BOUND = 256 * 2**20  # pickled bytes of locals one snapshot keeps, in all
 FRAMES_KEPT = 200  # innermost frames kept (a deep recursion's outer frames are left out)
 SOURCE_LINES = 400  # source lines kept per frame: its whole function if shorter, else a window around its line
 INPUTS_BOUND = 1 * 2**30  # bytes (estimated) of inputs a failed attempt keeps for ``replay``
+LOCALS_SECONDS = 10.0  # how long taking the locals may take (their __reduce__ and __repr__ are the user's code)
 _NBFLOW = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
-_repr = reprlib.Repr()
+
+
+class _Repr(reprlib.Repr):
+    """``reprlib``'s short reprs, also for bytes (it would repr them whole, then cut: a copy four times as big)."""
+
+    def repr_bytes(self, x: bytes, level: int) -> str:
+        return repr(x[: self.maxstring]) + ("..." if len(x) > self.maxstring else "")
+
+    repr_bytearray = repr_bytes
+
+
+_repr = _Repr()
 _repr.maxstring = _repr.maxother = 160
 _repr.maxlevel = 3
 
@@ -93,40 +106,70 @@ def own_frames(tb: TracebackType | None) -> TracebackType | None:
 
 
 def take(tb: TracebackType | None) -> Snapshot:
-    """A ``Snapshot`` of the task's frames in ``tb`` (empty if none are the task's own)."""
+    """A ``Snapshot`` of the task's frames in ``tb`` (empty if none are the task's own).
+
+    Pickling a local runs its ``__reduce__``, and a placeholder its ``__repr__``: the user's code, which may take
+    long or never end. So the locals are taken in a helper thread, and what it has not taken within
+    ``LOCALS_SECONDS`` is a placeholder (the helper is left to finish, or not, on its own)."""
     chain = []
     tb = own_frames(tb)
     while tb is not None:
         chain.append((tb.tb_frame, tb.tb_lineno))
         tb = tb.tb_next
-    chain = chain[-FRAMES_KEPT:]
     frames: list[Frame] = []
-    room = LOCALS_BOUND
-    for frame, lineno in reversed(chain):  # innermost first: its locals matter most
+    found: list[dict[str, Any]] = []
+    for frame, lineno in reversed(chain[-FRAMES_KEPT:]):  # innermost first: its locals matter most
         try:
             first, lines = _source(frame, lineno)
-            values, kinds, room = _pickled_locals(frame.f_locals, room)
+            names = dict(frame.f_locals)
+            names.pop("__builtins__", None)  # a module's frame (a task cell): restored where it is debugged
             module_level = frame.f_globals is frame.f_locals
-            name = frame.f_globals.get("__name__")
             code = frame.f_code
+            kinds = {name: _type_name(type(value)) for name, value in names.items()}
+            module = frame.f_globals.get("__name__")
             frames.append(
                 Frame(
                     code.co_filename,
                     code.co_name,
                     code.co_firstlineno,
                     lineno,
-                    name,
+                    module,
                     module_level,
                     first,
                     lines,
-                    values,
+                    {},
                     kinds,
                 )
             )
+            found.append(names)
         except Exception:  # a frame nbflow cannot read is left out; the others still come back
             continue
+    taken: list[dict[str, Any]] = [{} for _ in frames]
+    worker = threading.Thread(target=_take_locals, args=(found, taken), name="nbflow-snapshot", daemon=True)
+    worker.start()
+    worker.join(LOCALS_SECONDS)
+    late = f"not taken: pickling the task's locals and their reprs took over {LOCALS_SECONDS:g} s"
+    for frame, names, values in zip(frames, found, taken, strict=True):
+        values = dict(values)  # (a copy: the helper may still be writing, if it is stuck)
+        frame.locals = {name: values.get(name) or Unavailable(frame.kinds[name], "(not taken)", late) for name in names}
     frames.reverse()
     return Snapshot(frames)
+
+
+def _take_locals(found: list[dict[str, Any]], taken: list[dict[str, Any]]) -> None:
+    """(The helper thread) each local pickled on its own, innermost frame first, within ``LOCALS_BOUND`` in all."""
+    room = LOCALS_BOUND
+    refused = []  # placeholders are made after every local was tried: a repr is the user's code too
+    for names, values in zip(found, taken, strict=True):
+        for name, value in names.items():
+            data = _pickle(value, room)
+            if isinstance(data, str):
+                refused.append((values, name, value, data))
+            else:
+                room -= len(data)
+                values[name] = data
+    for values, name, value, why in refused:
+        values[name] = unavailable(value, why)
 
 
 def _source(frame: Any, lineno: int) -> tuple[int, list[str]]:
@@ -143,21 +186,6 @@ def _source(frame: Any, lineno: int) -> tuple[int, list[str]]:
         first = max(1, lineno - SOURCE_LINES // 2)
         last = first + SOURCE_LINES - 1
     return first, lines[first - 1 : last]
-
-
-def _pickled_locals(names: dict[str, Any], room: int) -> tuple[dict[str, Any], dict[str, str], int]:
-    """Each local pickled on its own within ``room`` bytes in all; returns them, their types and the room left."""
-    out: dict[str, Any] = {}
-    kinds: dict[str, str] = {}
-    for name, value in list(names.items()):
-        if name == "__builtins__":  # a module's frame (a task cell): restored where it is debugged
-            continue
-        data = _pickle(value, room)
-        if not isinstance(data, Unavailable):
-            room -= len(data)
-        out[name] = data
-        kinds[name] = _type_name(type(value))
-    return out, kinds, room
 
 
 class _Full(Exception):
@@ -188,14 +216,19 @@ class _Pickler(cloudpickle.CloudPickler):
         return super().reducer_override(obj)
 
 
-def _pickle(value: Any, room: int) -> Any:
+def _pickle(value: Any, room: int) -> bytearray | str:
+    """``value`` pickled within ``room`` bytes, or why not."""
+    over = f"over the {LOCALS_BOUND // 2**20} MiB a snapshot keeps"
+    size = getattr(value, "nbytes", None)  # (an array's buffer: pickling would copy it whole before it is refused)
+    if isinstance(size, int) and size > room:
+        return over
     sink = _Sink(room)
     try:
         _Pickler(sink, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(value)
     except _Full:
-        return unavailable(value, f"over the {LOCALS_BOUND // 2**20} MiB a snapshot keeps")
+        return over
     except Exception as exc:
-        return unavailable(value, f"cannot be pickled: {' '.join(str(exc).split())[:120]}")
+        return f"cannot be pickled: {' '.join(str(exc).split())[:120]}"
     return sink.data
 
 

@@ -126,6 +126,7 @@ def run_here(
     out) while it runs: a direct call of a task, or a replay of its failed attempt."""
     from ..machine_limits import acquire_all
 
+    __tracebackhide__ = True  # (IPython leaves this frame out of the task's traceback)
     try:
         if demands:
             with blocking(), shielded:  # in a task's thread, waiting for a limit lends the thread out

@@ -89,7 +89,7 @@ async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict
         if cancel.stopped:
             return None
         raise
-    except Exception as exc:
+    except BaseException as exc:  # (SystemExit, KeyboardInterrupt too: raised as they are, Dask ends the worker)
         failed = reported(exc, args, kwargs, worker, dask_key)
     finally:
         if timer is not None:

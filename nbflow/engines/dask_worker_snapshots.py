@@ -55,18 +55,43 @@ def take(key: str) -> list[dict] | None:
     return None if kept is None else kept[0]
 
 
+FETCH_SECONDS = 30.0  # how long the kernel waits for a worker to hand over the locals it kept
+
+
 def fetch(client: Any, left: tuple[str, str]) -> list[dict] | str:
-    """(In the kernel) the locals a worker kept for a snapshot, or why they cannot be had."""
+    """(In the kernel) the locals a worker kept for a snapshot, or why they cannot be had (within
+    ``FETCH_SECONDS``: a worker frozen, or busy in a call that holds the interpreter, does not answer)."""
     address, key = left
+    if client.status not in ("running", "connecting"):
+        return "lost: the Dask client is closed"
     try:
         if address not in client.scheduler_info()["workers"]:  # (asking a gone address waits out a 30 s connect)
             return f"lost: the worker {address} has left"
-        got = client.run(take, key, workers=[address], on_error="return")
     except Exception as exc:
-        return f"lost: the worker {address} could not be asked ({type(exc).__name__})"
+        return f"lost: the cluster could not be asked ({type(exc).__name__}: {exc})"
+    answer: dict[str, Any] = {}
+
+    def ask() -> None:  # (a thread of its own, left behind if the worker never answers)
+        try:
+            answer["got"] = client.run(take, key, workers=[address], on_error="return")
+        except Exception as exc:
+            answer["error"] = exc
+
+    asking = threading.Thread(target=ask, name="nbflow-fetch-locals", daemon=True)
+    asking.start()
+    asking.join(FETCH_SECONDS)
+    if "got" not in answer:
+        error = answer.get("error")
+        if error is None:
+            return f"lost: the worker {address} did not answer within {FETCH_SECONDS:g} s"
+        return f"lost: the worker {address} could not be asked ({type(error).__name__}: {error})"
+    got = answer["got"]
     values = got.get(address)
     if isinstance(values, list):
         return values
     if isinstance(values, BaseException) or address not in got:
         return f"lost: the worker {address} has left"
-    return f"dropped: the worker {address} keeps the locals of its {KEPT} most recent failures"
+    return (
+        f"dropped: the worker {address} keeps the locals of its {KEPT} most recent failures, "
+        f"{KEPT_BYTES // 2**30} GiB at most"
+    )

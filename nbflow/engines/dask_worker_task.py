@@ -65,7 +65,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
         if call.stopped:  # the client stopped it, and counts it cancelled: no error for Dask to log
             return None
         raise
-    except Exception as exc:
+    except BaseException as exc:  # (SystemExit, KeyboardInterrupt too: raised as they are, Dask ends the worker)
         failed = reported(exc, args, kwargs, worker, dask_key)
     finally:
         stops.end(dask_key)
@@ -75,7 +75,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     raise failed  # (outside the handler: the user's exception, deep traceback and all, is not its context)
 
 
-def reported(exc: Exception, args: tuple, kwargs: dict, worker: Any, dask_key: str) -> Reported:
+def reported(exc: BaseException, args: tuple, kwargs: dict, worker: Any, dask_key: str) -> Reported:
     """The failed attempt's exception with its report (a snapshot of its frames, its big locals kept here), and the
     innermost frames of its traceback: Dask pickles it with its traceback, and one a few hundred frames deep does
     not pickle (the task's future would never be set)."""

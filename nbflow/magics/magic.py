@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import sys
 import time
 from typing import Any
@@ -12,7 +13,7 @@ from IPython.display import display
 
 from .. import engines
 from ..errors import NbflowError
-from ..futures import failed_origin
+from ..futures import own_failure
 from ..machine_limits import limit, limits
 from ..options import TaskOptions
 from . import args
@@ -29,13 +30,13 @@ class NbflowMagics(Magics):
     def __init__(self, shell: Any) -> None:
         super().__init__(shell)
         self.cells = SubmittedCells()
-        self.last_error: tuple[BaseException, float] | None = None  # the last error a cell showed, and when
+        self.errors: collections.deque = collections.deque(maxlen=20)  # the last errors cells showed, and when
         shell.events.register("post_run_cell", self._note_error)
 
     def _note_error(self, result: Any) -> None:
         error = getattr(result, "error_in_exec", None)
         if error is not None:
-            self.last_error = (error, time.monotonic())
+            self.errors.append((error, time.monotonic()))
 
     @line_cell_magic
     def nbflow(self, line: str, cell: str | None = None) -> Any:
@@ -157,35 +158,40 @@ class NbflowMagics(Magics):
 
         from ..debugging.kernel_debugger import debug
 
+        no_input = UsageError(
+            "%nbflow debug: this front-end sends the kernel no input, so pdb cannot ask for commands; run them"
+            ' with nbflow.debug(future, commands=["p x", "where"])'
+        )
+        fut = self._failed(args.parse(args.debug, rest).name)
+        if getattr(getattr(self.shell, "kernel", None), "_allow_stdin", True) is False:  # (nbclient, nbconvert)
+            raise no_input
         try:
-            debug(self._failed(args.parse(args.debug, rest).name))
+            debug(fut)
         except StdinNotImplementedError:
-            raise UsageError(
-                "%nbflow debug: this front-end sends the kernel no input, so pdb cannot ask for commands; run them"
-                ' with nbflow.debug(future, commands=["p x", "where"])'
-            ) from None
+            raise no_input from None
 
     def _replay(self, rest: str) -> Any:
         """Run the failed attempt here; a task cell binds its outputs and shows its last value, as a cell would."""
+        __tracebackhide__ = True  # (IPython leaves nbflow's frames out of a replay's traceback)
         try:
-            fut = self._failed(args.parse(args.replay, rest).name)
-            failed, failure = failed_origin(fut)
+            fut = self._failed(args.parse(args.replay, rest).name, "replay")
+            failure = own_failure(fut)
         except NbflowError as exc:
             raise short_error(exc) from None
-        print(f"nbflow: replaying task {failed.name!r} here (attempt {failure.number + 1}, its inputs)", flush=True)
+        print(f"nbflow: replaying task {fut.name!r} here (attempt {failure.number + 1}, its inputs)", flush=True)
         result = failure.replay()
         if not isinstance(failure.task.fn, CellCode):
             return result
         self.shell.user_ns.update(result["outputs"])
         return result["value"]
 
-    def _failed(self, name: str | None) -> Any:
+    def _failed(self, name: str | None, verb: str = "debug") -> Any:
         """The future ``%nbflow debug``/``replay`` act on: that of the task cell (or output variable) ``name``, or of
         a notebook variable ``name`` holding a future; without a name, the most recent failure shown."""
         from ..futures import Future
 
         if name is None:
-            return self._last_failure()
+            return self._last_failure(verb)
         value = self.shell.user_ns.get(name)
         try:
             cell = self.cells.find([name])[0]
@@ -202,17 +208,21 @@ class NbflowMagics(Magics):
             f"{cell.outcome or 'was not submitted'}"
         )
 
-    def _last_failure(self) -> Any:
-        """The failed task the notebook showed last: under a task cell, or raised in a cell (``fut.result()``)."""
+    def _last_failure(self, verb: str) -> Any:
+        """The failed task the notebook showed last: under a task cell, or raised in a cell (``fut.result()``) by a
+        future a notebook variable still holds."""
         shown: list[tuple[float, Any]] = [(cell.ended, cell.failed) for cell in self.cells.failed()]
-        if self.last_error is not None:
-            error, when = self.last_error
-            for fut in _futures_in(self.shell.user_ns):
-                if fut.done() and not fut.cancelled() and fut.exception() is error:
-                    shown.append((when, fut))
-                    break
+        held = [fut for fut in _futures_in(self.shell.user_ns) if fut.done() and not fut.cancelled()]
+        for error, when in reversed(self.errors):  # the latest first
+            fut = next((fut for fut in held if fut.exception() is error), None)
+            if fut is not None:
+                shown.append((when, fut))
+                break
         if not shown:
-            raise NbflowError("no failed task to debug yet: name one, %nbflow debug NAME")
+            raise NbflowError(
+                f"no failed task to {verb}: no task cell failed, and no error shown is that of a future a notebook"
+                f" variable holds; name one: %nbflow {verb} NAME"
+            )
         return max(shown, key=lambda item: item[0])[1]
 
     # --- the task cell ----------------------------------------------------------------------------------

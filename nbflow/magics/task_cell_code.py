@@ -77,6 +77,7 @@ class CellCode:
         """``Future.replay`` (in the kernel): run the cell in the foreground — what it prints and shows appears as
         it happens, its exception is its own — in a fresh namespace of ``inputs``; returns ``{"outputs": {name:
         value}, "value": its last expression's value}``."""
+        __tracebackhide__ = True  # (IPython leaves this frame out of the cell's traceback)
         outputs, value = self._run(inputs)
         return {"outputs": outputs, "value": value}
 
@@ -84,6 +85,7 @@ class CellCode:
         """Run the cell in a fresh namespace of ``inputs``: the outputs it assigned, and its last expression's value
         (``None`` if it has none, or shows none). A cell with a top-level ``await`` runs on an event loop of its own
         (in a thread of its own where this thread runs one already: the kernel's, for a replay)."""
+        __tracebackhide__ = True  # (IPython leaves this frame out of the cell's traceback, in a replay)
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()
         if (body.co_flags | (last.co_flags if last is not None else 0)) & _CO_COROUTINE:
