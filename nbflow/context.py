@@ -79,6 +79,11 @@ def leave(saved: object) -> None:
     _local.context = saved
 
 
+def in_coroutine() -> bool:
+    """Whether this code runs as part of an async task's coroutine (or a thread it started: see its callers)."""
+    return _in_coroutine.get() is not None
+
+
 @contextlib.contextmanager
 def running_coroutine(context: TaskContext | tuple | None) -> Iterator[None]:
     """In an async task's asyncio task: ``context`` is its current task for the block (asyncio tasks it creates

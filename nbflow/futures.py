@@ -46,6 +46,21 @@ def blocking() -> Iterator[None]:
             yield
 
 
+def _not_on_a_task_loop(name: str) -> None:
+    """Refuse a blocking wait in an async task's coroutine: it would hold the event loop that the awaited task (or
+    its result) may need, for good."""
+    from .context import in_coroutine
+
+    if in_coroutine():
+        import asyncio
+
+        if asyncio._get_running_loop() is not None:
+            raise NbflowError(
+                f"waiting for task {name!r} with .result() inside an async task would block its event loop (and"
+                " perhaps never end): use await on the future instead"
+            )
+
+
 def new_key(name: str) -> str:
     """A readable key unique across processes and clients: ``infer-3fa2c1d0-17``."""
     return f"{name}-{_TOKEN}-{next(_counter)}"
@@ -83,12 +98,14 @@ class Future(cf.Future):
 
     def result(self, timeout: float | None = None) -> Any:
         if not self.done():
+            _not_on_a_task_loop(self.name)
             with blocking(), self._interruptible():
                 return super().result(timeout)
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         if not self.done():
+            _not_on_a_task_loop(self.name)
             with blocking(), self._interruptible():
                 return super().exception(timeout)
         return super().exception(timeout)
@@ -194,9 +211,15 @@ class Future(cf.Future):
         error) that are of this class and still kept elsewhere (engines that keep values on a cluster)."""
 
     def __await__(self):
+        return self._awaited().__await__()
+
+    async def _awaited(self) -> Any:
+        """``await fut``: in a worker's thread running an event loop of its own (a sync task's ``asyncio.run``), the
+        thread's slot is lent while it waits, as for ``result()`` (the awaited task may need it)."""
         import asyncio  # already loaded wherever something awaits; importing it eagerly costs ~50 ms
 
-        return asyncio.wrap_future(self).__await__()
+        with blocking():
+            return await asyncio.wrap_future(self)
 
     def __repr__(self) -> str:
         where = f" on {self.worker}" if self.worker else ""

@@ -72,15 +72,29 @@ class Task:
 
 
 def is_coroutine_function(fn: Any) -> bool:
-    """Whether calling ``fn`` makes a coroutine (``async def``, also through ``functools.partial``), without
-    importing ``inspect`` or ``asyncio``."""
+    """Whether calling ``fn`` makes a coroutine (``async def``, also through ``functools.partial``, a bound method
+    or an object whose ``__call__`` is one), without importing ``inspect`` or ``asyncio``; an async generator is
+    refused (``TypeError``): a task returns one value."""
+    flags = _code_flags(fn)
+    if flags & _CO_ASYNC_GENERATOR:
+        raise TypeError(
+            f"{getattr(fn, '__name__', type(fn).__name__)} is an async generator (async def with yield): a task"
+            " returns one value; collect the items in a list and return it"
+        )
+    return bool(flags & _CO_COROUTINE)
+
+
+def _code_flags(fn: Any) -> int:
     while isinstance(fn, functools.partial):
         fn = fn.func
-    code = getattr(fn, "__code__", None)
-    return code is not None and bool(code.co_flags & _CO_COROUTINE)
+    code = getattr(getattr(fn, "__func__", fn), "__code__", None)
+    if code is None:  # an object: its class's __call__
+        call = next((vars(klass)["__call__"] for klass in type(fn).__mro__ if "__call__" in vars(klass)), None)
+        code = getattr(call, "__code__", None)
+    return code.co_flags if code is not None else 0
 
 
-_CO_COROUTINE = 0x80  # ``inspect.CO_COROUTINE``
+_CO_COROUTINE, _CO_ASYNC_GENERATOR = 0x80, 0x200  # ``inspect.CO_COROUTINE``, ``inspect.CO_ASYNC_GENERATOR``
 
 
 @overload
@@ -140,6 +154,7 @@ def task(
     )
 
     def wrap(f: Callable[..., Any]) -> Task:
-        return Task(f, options if name else changed(options, {"name": getattr(f, "__name__", "task")}))
+        named = getattr(f, "__name__", None) or type(f).__name__  # (a callable object: its class's name)
+        return Task(f, options if name else changed(options, {"name": named}))
 
     return wrap(fn) if fn is not None else wrap

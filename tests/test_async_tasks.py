@@ -617,3 +617,139 @@ def test_a_task_cell_with_a_top_level_await_in_a_real_kernel(kernel):
     assert kernel.run(cell).reply["status"] == "ok"
     assert kernel.run("%nbflow wait").reply["status"] == "ok"
     assert kernel.run("print(x, y)").stream("stdout") == "5 [5, 6]\n"
+
+
+# --- what a hostile user tried ---------------------------------------------------------------------------------------
+
+
+async def never_gives_up(marks: str, release: str):
+    """Swallows every cancellation and waits again, until the test releases it."""
+    mark(marks)
+    while not os.path.exists(release):
+        try:
+            await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            pass
+    return "late"
+
+
+async def holds_the_loop(marks: str, release: str):
+    """Never awaits until the test releases it (it blocks its loop: a mistake, whose timeout still fires)."""
+    mark(marks)
+    deadline = time.monotonic() + WAIT
+    while not os.path.exists(release) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return "late"
+
+
+@pytest.mark.parametrize("kind", ["threads", "dask"])
+def test_a_timeout_ends_an_attempt_that_swallows_every_cancellation_at_its_deadline(kind, request, monkeypatch, spot):
+    marks, release = spot
+    if kind == "dask":
+        use_dask(request, monkeypatch)
+    else:
+        nbflow.use("local", workers=2)
+    fut = nbflow.task(never_gives_up, timeout=0.5, retries=1).submit(marks, release)
+    try:
+        with pytest.raises(nbflow.TaskTimeout):
+            fut.result(WAIT)  # (before the release: the attempts still run, swallowing their cancellations)
+        assert calls(marks) == 2 and not os.path.exists(release)
+    finally:
+        Path(release).touch()
+
+
+def test_on_the_local_engine_a_timeout_fires_even_while_the_coroutine_holds_the_loop(spot):
+    marks, release = spot
+    nbflow.use("local", workers=2)
+    fut = nbflow.task(holds_the_loop, timeout=0.5).submit(marks, release)
+    try:
+        with pytest.raises(nbflow.TaskTimeout):
+            fut.result(WAIT)
+        assert not os.path.exists(release)  # it failed while the coroutine still held the loop
+    finally:
+        Path(release).touch()
+
+
+def sync_awaits_a_future(x):
+    async def inner():
+        return await nbflow.task(sync_add).submit(x, 1)
+
+    return asyncio.run(inner())
+
+
+@pytest.mark.parametrize("kind", ["threads", "dask"])
+def test_a_sync_task_awaiting_a_future_on_its_own_loop_lends_its_slot(kind, request, monkeypatch):
+    if kind == "dask":
+        use_dask(request, monkeypatch)  # (one worker thread)
+    else:
+        nbflow.use("local", workers=1)
+    assert nbflow.task(sync_awaits_a_future).submit(5).result(WAIT) == 6
+
+
+async def blocks_on_result():
+    return nbflow.task(double).submit(2).result(WAIT)
+
+
+def test_result_inside_an_async_task_is_refused_in_one_line(engine):
+    fut = nbflow.task(blocks_on_result).submit()
+    with pytest.raises(nbflow.NbflowError, match=r"inside an async task would block its event loop.*use await"):
+        fut.result(WAIT)
+
+
+def test_a_slow_retry_predicate_does_not_hold_the_local_loop(spot):
+    marks, release = spot
+    nbflow.use("local", workers=1)
+    ran = threading.Event()
+
+    def slow_no(exc: BaseException) -> bool:
+        ran.set()
+        Path(release).touch()  # the loop must run other coroutines while this predicate waits
+        time.sleep(0.5)
+        return False
+
+    waiter = nbflow.task(gated).submit(marks, release, "waited")
+    failing = nbflow.task(boom, retries=1, retry_on=slow_no).submit()
+    with pytest.raises(KeyError):
+        failing.result(WAIT)
+    assert ran.is_set() and waiter.result(WAIT) == "waited"
+
+
+def test_an_async_generator_is_refused_and_an_object_with_an_async_call_is_an_async_task():
+    async def pages():
+        yield 1
+
+    with pytest.raises(TypeError, match="async generator .* a task returns one value"):
+        nbflow.task(pages)
+
+    class Client:
+        async def __call__(self, x):
+            await asyncio.sleep(0)
+            return x * 2
+
+    nbflow.use("local", workers=1)
+    client = nbflow.task(Client())
+    assert client.is_async and client.name == "Client"
+    assert client.submit(3).result(WAIT) == 6
+
+
+def test_await_task_applies_its_timeout(tmp_path):
+    nbflow.use("local", workers=1)
+
+    async def main():
+        return await nbflow.task(stubborn, timeout=0.3)(str(tmp_path))
+
+    with pytest.raises(nbflow.TaskTimeout):
+        asyncio.run(main())
+
+
+def test_retry_on_names_in_quotes_and_with_spaces_parse_and_empty_names_are_refused():
+    from IPython.core.error import UsageError
+
+    from nbflow.magics import args
+
+    wanted = (ValueError, KeyError)
+    assert args.exception_classes(["'ValueError, KeyError'"], {}) == wanted
+    assert args.exception_classes(["ValueError,", "KeyError"], {}) == wanted
+    for bad in (["''"], ["ValueError,,KeyError"], [","]):
+        with pytest.raises(UsageError, match="name one exception class or more"):
+            args.exception_classes(bad, {})

@@ -13,6 +13,8 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from ..errors import TaskTimeout
+
 
 class EventLoopThread:
     """An event loop in a daemon thread named ``name``; ``setup()`` runs first in that thread."""
@@ -82,3 +84,30 @@ class EventLoopThread:
         while others := [task for task in asyncio.all_tasks() if task is not me]:
             await asyncio.wait(others)
         asyncio.get_running_loop().stop()
+
+
+class Deadline:
+    """An async attempt's ``timeout``: ``run`` awaits its coroutine for at most that long, then cancels it
+    (``CancelledError`` at its ``await``) and raises ``TaskTimeout`` at once, even if it swallows the cancellation.
+    ``late`` is then True: what the attempt holds is released by the coroutine's end (``release``), not before."""
+
+    def __init__(self, name: str, timeout: float | None) -> None:
+        self.name = name
+        self.timeout = timeout
+        self.late = False
+
+    async def run(self, coroutine: Coroutine[Any, Any, Any], release: Callable[[], object]) -> Any:
+        if self.timeout is None:
+            return await coroutine
+        inner = asyncio.ensure_future(coroutine)
+        try:
+            done, _ = await asyncio.wait({inner}, timeout=self.timeout)
+        except asyncio.CancelledError:  # the caller was cancelled (stopped): so is the coroutine
+            inner.cancel()
+            raise
+        if done:
+            return inner.result()
+        self.late = True
+        inner.cancel()
+        inner.add_done_callback(lambda _: release())
+        raise TaskTimeout(f"task {self.name!r} ran longer than its timeout of {self.timeout:g} s")

@@ -21,7 +21,7 @@ from distributed.scheduler import KilledWorker
 
 from .. import sidechannel
 from ..errors import EngineConfigError, Unsatisfiable, WorkerDied
-from ..futures import Future
+from ..futures import Future, blocking
 from ..options import Runnable
 from ..snapshot import Occupancy, WorkerOccupancy, limits_snapshot
 from ..specs import size_text
@@ -70,7 +70,8 @@ class DaskFuture(Future):
         loop = asyncio.get_running_loop()
         done = loop.create_future()
         self.add_done_callback(lambda _: loop.call_soon_threadsafe(_settle, done))
-        await done
+        with blocking():  # (a sync task's own event loop: its thread's slot is lent meanwhile)
+            await done
         if not self._remote():
             return self.result()
         if getattr(self.engine.client.loop, "asyncio_loop", None) is loop:

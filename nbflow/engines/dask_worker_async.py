@@ -17,8 +17,9 @@ from distributed import get_worker
 from distributed.worker_state_machine import SecedeEvent
 
 from .. import context, sidechannel
-from ..errors import TaskStopped, TaskTimeout
+from ..errors import TaskStopped
 from . import dask_worker_stops as stops
+from .async_loop import Deadline
 from .attempt import Attempt
 from .core import bind
 from .dask_attempt_keys import task_key
@@ -28,22 +29,17 @@ from .dask_worker_task import pick_gpus, reported, unpack
 
 
 class _Cancel:
-    """How a client's ``stop`` or the task's timeout stops a coroutine: cancel its asyncio task."""
+    """How a client's ``stop`` stops a coroutine: cancel its asyncio task."""
 
-    __slots__ = ("task", "stopped", "expired")
+    __slots__ = ("task", "stopped")
 
     def __init__(self, task: asyncio.Task) -> None:
         self.task = task
         self.stopped = False
-        self.expired = False
 
     def stop(self) -> None:
         self.stopped = True
         self.task.get_loop().call_soon_threadsafe(self.task.cancel)
-
-    def expire(self) -> None:
-        self.expired = True
-        self.task.cancel()
 
 
 async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
@@ -56,7 +52,7 @@ async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict
     worker.handle_stimulus(SecedeEvent(key=dask_key, compute_duration=0.0, stimulus_id=f"nbflow-async-{time.time()}"))
     starts.begin(worker, dask_key)
     cancel = stops.begin(dask_key, _Cancel(asyncio.current_task()))
-    timer = None
+    attempt, deadline = None, Deadline(opts.name, opts.timeout)
     try:
         key, number = task_key(dask_key)
         attempt = Attempt(number, key, opts.name)
@@ -64,27 +60,18 @@ async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict
             from ..machine_limits.api import acquire_all_async
 
             attempt.holdings = await acquire_all_async(opts.limits, task=opts.name)
-        try:
-            pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
-            where, holds = str(worker.name), opts.held() if opts.limits else opts.resources
-            deadline = None
-            if opts.timeout is not None:
-                deadline = time.monotonic() + opts.timeout
-                timer = asyncio.get_running_loop().call_later(opts.timeout, cancel.expire)
-            with context.running_coroutine(attempt.context(where, holds, deadline)):
-                value = await task.fn(*args, **kwargs)
-            if cancel.expired or cancel.stopped:  # it caught the cancellation and returned: it still timed out
-                raise asyncio.CancelledError
-            return value
-        finally:
-            attempt.release()
-    except asyncio.CancelledError:
-        if cancel.expired:
-            failed: BaseException = TaskTimeout(f"task {opts.name!r} ran longer than its timeout of {opts.timeout:g} s")
-        elif cancel.stopped:  # the client stopped it, and counts it cancelled
+        pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
+        where, holds = str(worker.name), opts.held() if opts.limits else opts.resources
+        ends = time.monotonic() + opts.timeout if opts.timeout is not None else None
+        with context.running_coroutine(attempt.context(where, holds, ends)):
+            value = await deadline.run(task.fn(*args, **kwargs), attempt.release)
+        if cancel.stopped:  # it caught the cancellation and returned
             return None
-        else:
-            raise
+        return value
+    except asyncio.CancelledError:
+        if cancel.stopped:  # the client stopped it, and counts it cancelled
+            return None
+        raise
     except TaskStopped:
         if cancel.stopped:
             return None
@@ -92,8 +79,8 @@ async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict
     except BaseException as exc:  # (SystemExit, KeyboardInterrupt too: raised as they are, Dask ends the worker)
         failed = reported(exc, args, kwargs, worker, dask_key)
     finally:
-        if timer is not None:
-            timer.cancel()
         stops.end(dask_key)
         starts.end(dask_key)
+        if attempt is not None and not deadline.late:  # (a timed-out coroutine releases them at its end)
+            attempt.release()
     raise failed

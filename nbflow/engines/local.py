@@ -212,8 +212,8 @@ class LocalEngine(Engine):
                 attempt.pick_gpus(self.cuda_visible)
             timeout = run.task.options.timeout
             deadline = time.monotonic() + timeout if timeout is not None else None
-            if timeout is not None:
-                timer = asyncio.get_running_loop().call_later(timeout, self._expire, attempt)
+            if timeout is not None:  # (the timers' thread: it fires even while a coroutine holds the loop)
+                timer = self._timeouts.call_later(timeout, functools.partial(self._expire, run, attempt))
             with context.running_coroutine(attempt.context(where, run.demands or {}, deadline)):
                 value = await run.task.fn(*inputs[0], **inputs[1])
             if attempt.expired or attempt.halted:  # it caught the cancellation and returned: it still timed out
@@ -225,9 +225,13 @@ class LocalEngine(Engine):
             attempt.report = report(exc, inputs, frames=False)
         finally:
             if timer is not None:
-                timer.cancel()
+                self._timeouts.cancel(timer)
             attempt.coroutine = None
-        self._release(attempt)
+        self._release(attempt)  # (after a timeout: only now, when the coroutine has really ended)
+        if exc is not None and callable(run.task.options.retry_on) and not isinstance(run.task.options.retry_on, type):
+            # deciding a retry runs the user's predicate: not on the loop, where every async task would wait for it
+            threading.Thread(target=self._ended, args=(run, attempt, value, exc), name=f"{self._name}-retry").start()
+            return
         self._ended(run, attempt, value, exc)
 
     def _cancelled_why(self, run: _LocalRun, attempt: _LocalAttempt, error: BaseException) -> BaseException:
@@ -240,10 +244,13 @@ class LocalEngine(Engine):
             return TaskStopped()
         return error
 
-    def _expire(self, attempt: _LocalAttempt) -> None:
-        """(On the event loop) an async attempt's timeout: cancel it."""
+    def _expire(self, run: _LocalRun, attempt: _LocalAttempt) -> None:
+        """(The timers' thread) an async attempt's timeout: it ends now, with ``TaskTimeout``, and its coroutine is
+        cancelled as soon as the loop is free (its limits are released once the coroutine has ended: one that
+        swallows the cancellation keeps them until it returns, as a thread that cannot be stopped does)."""
         attempt.expired = True
-        self._cancel(attempt)
+        self._loop.call(self._cancel, attempt)
+        self._ended(run, attempt, exc=self._cancelled_why(run, attempt, TimeoutError()))
 
     @staticmethod
     def _cancel(attempt: _LocalAttempt) -> None:

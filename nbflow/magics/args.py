@@ -57,11 +57,17 @@ _BACKOFF = re.compile(r"\s*(?:nbflow\.)?backoff\((.*)\)\s*", re.S)
 _BACKOFF_ARGS = ("base", "factor", "max", "jitter")
 
 
+def _unquoted(text: str) -> str:
+    """``'1, 2'`` as ``1, 2``: quoted to hold spaces, and the magic's argument splitting keeps the quotes."""
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
+
+
 def _retry_delay(text: str) -> float | tuple[float, ...] | Backoff:
     """``--retry-delay``: seconds (``2``, ``30s``), a list ``1,2,4`` (one per retry, the last repeating), or
     ``backoff(base=1,factor=2,max=60,jitter=0.1)`` (any of them, by name or in that order)."""
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":  # quoted, to hold spaces: the magic keeps quotes
-        text = text[1:-1]
+    text = _unquoted(text)
     try:
         found = _BACKOFF.fullmatch(text)
         if found is not None:
@@ -267,8 +273,8 @@ def exception_classes(items: list[str] | None, namespace: Mapping[str, Any]) -> 
     name, or one that is not an exception class, is a one-line ``UsageError``."""
     if items is None:
         return None
-    names = [name.strip() for item in items for name in item.split(",") if name.strip()]
-    if not names:
+    names = re.split(r"\s*,\s*|\s+", _unquoted(" ".join(items).strip()))
+    if not all(names):  # (nothing named, or an empty name between two commas)
         raise UsageError("--retry-on: name one exception class or more, e.g. --retry-on ValueError,KeyError")
     found = []
     for name in names:
