@@ -144,7 +144,9 @@ def recurse(n):
 
 
 def sleeper():
-    while True:
+    """Outlives its timeout (a thread cannot be stopped), then ends: no test leaves a thread behind."""
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
         time.sleep(0.01)
 
 

@@ -489,6 +489,7 @@ def test_a_task_cell_retries_with_its_delay_and_only_the_failures_it_names(ip):
 
 def test_a_task_cell_with_a_bad_retry_on_is_a_usage_error_and_not_submitted(ip):
     ip.user_ns["answer"] = 42
+    ip.user_ns.pop("never", None)  # (the shell is the process's one: another test's cell may have bound it)
     with pytest.raises(UsageError, match="--retry-on answer must be an exception class, got 42"):
         ip.run_cell_magic("nbflow", "task --retries 1 --retry-on answer", "never = 1")
     assert "never" not in ip.user_ns

@@ -111,7 +111,11 @@ def test_close_returns_at_once_cancels_what_has_not_started_and_running_tasks_fi
     assert first.status == "running"
     gate.set()
     assert first.result(30) == "done"
-    wait_for(lambda: [t.name for t in threading.enumerate() if t.name.startswith("nbflow-local")] == [])
+    left = lambda: [t.name for t in threading.enumerate() if t.name.startswith("nbflow-local")]  # noqa: E731
+    try:
+        wait_for(lambda: left() == [])
+    except AssertionError:
+        raise AssertionError(f"threads left: {left()}") from None
     assert gpu_used() == 0
     with pytest.raises(RuntimeError, match="closed"):
         queued.submit()
