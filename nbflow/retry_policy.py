@@ -122,13 +122,18 @@ def check_exception_class(cls: Any, what: str) -> None:
         raise ResourceSpecError(f"{what}: {cls.__name__} is never retried (the same call would use as much again)")
 
 
+def is_function(retry_on: RetryOn) -> bool:
+    """Whether ``retry_on`` is the user's function (deciding runs their code), not classes."""
+    return retry_on is not None and not isinstance(retry_on, (type, tuple))
+
+
 def matches(retry_on: RetryOn, exc: BaseException) -> bool:
     """Whether ``retry_on`` retries ``exc``; a function's own exception propagates."""
     if retry_on is None:
         return True
-    if isinstance(retry_on, (type, tuple)):
-        return isinstance(exc, retry_on)
-    return bool(retry_on(exc))
+    if is_function(retry_on):
+        return bool(retry_on(exc))
+    return isinstance(exc, retry_on)
 
 
 def retry_after(exc: BaseException) -> float | None:

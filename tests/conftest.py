@@ -43,3 +43,15 @@ def kernel(limits_dir, kernel_env):
     assert k.run("%load_ext nbflow").reply["status"] == "ok"
     yield k
     k.close()
+
+
+@pytest.fixture
+def ip():
+    """The process's IPython shell with nbflow loaded (one per process: a test's names may stay in it); task cells
+    still running when the test ends are waited for."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "nbflow")
+    yield shell
+    shell.run_line_magic("nbflow", "wait")

@@ -135,16 +135,6 @@ def test_async_gpu_tasks_on_dask_hold_the_workers_devices(request, monkeypatch, 
 # --- task cells with a top-level await ------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def ip():
-    from IPython.core.interactiveshell import InteractiveShell
-
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbflow")
-    yield shell
-    shell.run_line_magic("nbflow", "wait")
-
-
 @pytest.mark.parametrize("use", ["local --workers 2", "local --processes --workers 1"])
 def test_a_task_cell_with_a_top_level_await(ip, use):
     ip.run_line_magic("nbflow", f"use {use}")

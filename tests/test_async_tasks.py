@@ -18,7 +18,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from limits_helpers import wait_for
+from limits_helpers import context_fields, wait_for
 
 import nbflow
 
@@ -101,14 +101,7 @@ async def whoami(pause: float = 0.05) -> dict:
     inner = await asyncio.create_task(_current_in_a_child_coroutine())  # asyncio tasks it creates are part of it
     in_thread = await asyncio.to_thread(nbflow.current)  # and threads it starts so
     return {
-        "key": ctx.key,
-        "name": ctx.name,
-        "attempt": ctx.attempt,
-        "worker": ctx.worker,
-        "resources": dict(ctx.resources),
-        "gpus": ctx.gpus,
-        "ids": ctx.cuda_visible_devices,
-        "env": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        **context_fields(ctx),
         "deadline": ctx.deadline,
         "inner": inner.key,
         "thread": in_thread.key,

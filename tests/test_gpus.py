@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from _dask_procs import DaskProcs, wait_until
-from limits_helpers import wait_for
+from limits_helpers import context_fields, wait_for
 
 import nbflow
 
@@ -31,14 +31,7 @@ def record(gate: str, wave: int, hold: float = 0.2) -> dict:
         time.sleep(0.005)
     time.sleep(hold)
     return {
-        "key": ctx.key,
-        "name": ctx.name,
-        "attempt": ctx.attempt,
-        "worker": ctx.worker,
-        "resources": dict(ctx.resources),
-        "gpus": ctx.gpus,
-        "ids": ctx.cuda_visible_devices,
-        "env": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        **context_fields(ctx),
         "start": start,
         "end": time.time(),
     }

@@ -17,7 +17,6 @@ from pathlib import Path
 import cloudpickle
 import pytest
 from IPython.core.error import UsageError
-from IPython.core.interactiveshell import InteractiveShell
 from test_conformance import ENGINES, calls, flaky, hold, mark
 
 import nbflow
@@ -458,14 +457,6 @@ def test_the_magics_retry_on_resolves_names_in_the_notebook_then_builtins():
 def test_the_help_shows_the_retry_options():
     assert "--retry-delay DELAY" in args.HELP and "--retry-on EXCEPTION" in args.HELP
     assert "backoff(base=1,factor=2,max=60,jitter=0.1)" in args.HELP
-
-
-@pytest.fixture
-def ip():
-    shell = InteractiveShell.instance()
-    shell.run_line_magic("load_ext", "nbflow")
-    yield shell
-    shell.run_line_magic("nbflow", "wait")
 
 
 def _cell(shell, options: str, body: str):

@@ -85,29 +85,13 @@ class Failure:
         fn = self.task.fn
         fn = getattr(fn, "_nbflow_replay", fn)  # a task cell runs in the foreground (``CellCode._nbflow_replay``)
         if getattr(self.task, "is_async", False):  # an async task: its coroutine is run to its end
-            fn = functools.partial(_run_to_end, fn)
+            fn = functools.partial(_to_end, fn)
         attempt = Attempt(self.number, f"{self.name}-replay", self.name)
         return run_here(fn, args, kwargs, self.holds, attempt, os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
-def _run_to_end(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """``fn(*args, **kwargs)``'s coroutine run to its end on an event loop of its own: here, or in a helper thread
-    where this thread runs a loop already (the kernel's), with this thread's current task."""
-    import asyncio
+def _to_end(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """An async task's function, called like a sync one: its coroutine run to its end (``run_to_end``)."""
+    from ..engines.async_loop import run_to_end
 
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(fn(*args, **kwargs))
-    import concurrent.futures
-
-    from .. import context
-
-    ctx = context.current()
-
-    def run() -> Any:
-        with context.running(ctx):
-            return asyncio.run(fn(*args, **kwargs))
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nbflow-replay") as pool:
-        return pool.submit(run).result()
+    return run_to_end(lambda: fn(*args, **kwargs))

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .. import context
 from ..errors import TaskTimeout
 
 
@@ -111,3 +112,22 @@ class Deadline:
         inner.cancel()
         inner.add_done_callback(lambda _: release())
         raise TaskTimeout(f"task {self.name!r} ran longer than its timeout of {self.timeout:g} s")
+
+
+def run_to_end(make: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """The coroutine ``make()`` returns, run to its end on an event loop of its own: in this thread, or in a helper
+    thread (keeping this thread's current task) where this thread runs a loop already (the kernel's, in a replay)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:  # none here: a worker's thread
+        return asyncio.run(make())
+    import concurrent.futures
+
+    ctx = context.current()
+
+    def run() -> Any:
+        with context.running(ctx):
+            return asyncio.run(make())
+
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nbflow-loop") as pool:
+        return pool.submit(run).result()

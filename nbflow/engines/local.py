@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .. import context, devices
+from .. import context, devices, retry_policy
 from ..errors import EngineConfigError, TaskStopped, TaskTimeout
 from ..futures import STOP_GRACE, set_block_hook
 from ..machine_limits.api import check_demands
@@ -228,7 +228,7 @@ class LocalEngine(Engine):
                 self._timeouts.cancel(timer)
             attempt.coroutine = None
         self._release(attempt)  # (after a timeout: only now, when the coroutine has really ended)
-        if exc is not None and callable(run.task.options.retry_on) and not isinstance(run.task.options.retry_on, type):
+        if exc is not None and retry_policy.is_function(run.task.options.retry_on):
             # deciding a retry runs the user's predicate: not on the loop, where every async task would wait for it
             threading.Thread(target=self._ended, args=(run, attempt, value, exc), name=f"{self._name}-retry").start()
             return

@@ -89,7 +89,9 @@ class CellCode:
         namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins, **inputs}
         body, last = self._compile()
         if (body.co_flags | (last.co_flags if last is not None else 0)) & _CO_COROUTINE:
-            value = _run_coroutine(_awaited(body, last, namespace))
+            from ..engines.async_loop import run_to_end
+
+            value = run_to_end(lambda: _awaited(body, last, namespace))
         else:
             exec(body, namespace)
             value = eval(last, namespace) if last is not None else None
@@ -137,19 +139,6 @@ async def _awaited(body: Any, last: Any, namespace: dict[str, Any]) -> Any:
         await ran
     value = eval(last, namespace) if last is not None else None
     return await value if last is not None and last.co_flags & _CO_COROUTINE else value
-
-
-def _run_coroutine(coroutine: Any) -> Any:
-    import asyncio
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:  # none here: the usual case, a worker's thread
-        return asyncio.run(coroutine)
-    import concurrent.futures
-
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="nbflow-cell-await") as pool:
-        return pool.submit(asyncio.run, coroutine).result()
 
 
 def _settled(displays: Displays) -> list[dict[str, Any]]:

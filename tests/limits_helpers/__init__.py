@@ -117,3 +117,17 @@ def assert_nothing_held(root: str) -> None:
             assert visible == [], f"{name}/{sub} still has {visible}"
         gate = os.path.join(base, "gate")
         assert not os.path.exists(gate) or not locked(gate), f"the gate of {name} is still locked"
+
+
+def context_fields(ctx) -> dict:
+    """What a task's ``nbflow.current()`` says, as plain data a task can return from any process."""
+    return {
+        "key": ctx.key,
+        "name": ctx.name,
+        "attempt": ctx.attempt,
+        "worker": ctx.worker,
+        "resources": dict(ctx.resources),
+        "gpus": ctx.gpus,
+        "ids": ctx.cuda_visible_devices,
+        "env": os.environ.get("CUDA_VISIBLE_DEVICES"),
+    }
