@@ -84,11 +84,17 @@ def in_coroutine() -> bool:
     return _in_coroutine.get() is not None
 
 
+def set_coroutine(context: TaskContext | tuple | None) -> contextvars.Token:
+    """In an async task's asyncio task: ``context`` is its current task from now on (asyncio tasks it creates
+    meanwhile inherit it, as parts of the same nbflow task; other asyncio tasks on the loop never see it); ``None``:
+    none. Returns what restores the one before (``running_coroutine``)."""
+    return _in_coroutine.set(None if context is None else (context, getattr(_local, "context", None)))
+
+
 @contextlib.contextmanager
 def running_coroutine(context: TaskContext | tuple | None) -> Iterator[None]:
-    """In an async task's asyncio task: ``context`` is its current task for the block (asyncio tasks it creates
-    meanwhile inherit it, as parts of the same nbflow task; other asyncio tasks on the loop never see it)."""
-    token = _in_coroutine.set((context, getattr(_local, "context", None)))
+    """``set_coroutine`` for a block, in an asyncio task that goes on after it."""
+    token = set_coroutine(context)
     try:
         yield
     finally:

@@ -5,6 +5,7 @@ Because it *is* a ``concurrent.futures.Future``, ``wait`` and ``as_completed`` a
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures as cf
 import contextlib
 import itertools
@@ -21,6 +22,7 @@ STOP_GRACE = 3.0  # seconds a stopped task's child process has between SIGTERM a
 
 STATUSES = ("pending", "waiting", "running", "stopping", "finished", "error", "cancelled")
 
+_PENDING = cf._base.PENDING
 _TOKEN = os.urandom(4).hex()
 _counter = itertools.count()
 _thread = threading.local()
@@ -66,24 +68,44 @@ def new_key(name: str) -> str:
     return f"{name}-{_TOKEN}-{next(_counter)}"
 
 
+class _Condition(threading.Condition):
+    """A ``threading.Condition`` over an ``RLock`` whose lock methods are looked up when used, not bound when it is
+    made: five objects fewer per future for the garbage collector to walk, thousands of futures pending at once."""
+
+    def __init__(self) -> None:  # (not the base's: it binds the lock's methods)
+        self._lock = threading.RLock()
+        self._waiters: collections.deque = collections.deque()
+
+    acquire = property(lambda self: self._lock.acquire)
+    release = property(lambda self: self._lock.release)
+    _release_save = property(lambda self: self._lock._release_save)
+    _acquire_restore = property(lambda self: self._lock._acquire_restore)
+    _is_owned = property(lambda self: self._lock._is_owned)
+
+
 class Future(cf.Future):
     """The result of a submitted task; also exposes ``name``, ``key``, ``status``, ``worker``, ``attempt`` and, for
     cached tasks, ``cache_key`` and ``cached``."""
 
     def __init__(self, name: str, key: str | None = None) -> None:
-        super().__init__()
+        # the base's fields (``concurrent.futures.Future.__init__``), with a lighter condition
+        self._condition = _Condition()
+        self._state = _PENDING
+        self._result: Any = None
+        self._exception: BaseException | None = None
+        self._waiters: list = []
+        self._done_callbacks: list = []
         self.name = name
         self.key = key or new_key(name)
         self.worker: str | None = None  # where the task ran (or runs), once known
         self.attempt = 0  # the attempt running or next to run: 1 once the first failure is to be retried
         self.cache_key: str | None = None  # a cached task's: the key its value is stored under
         self.cached: Any = None  # the cache entry it was read from (``caching.Entry``), if it did not run
-        # the engines' (below): the status while not done (pending | waiting | running), the hook that tells the
-        # engine, once, that cancel() succeeded, and what it keeps of its failed attempt (``debugging.kernel_failure``)
+        # the engines' (below): the status while not done (pending | waiting | running), the engine and run that
+        # cancel() (once it succeeds) and stop() tell, and what it keeps of its failed attempt (``kernel_failure``)
         self._phase = "pending"
         self._failure: Any = None
-        self._on_cancel: Callable[[], object] | None = None
-        self._on_stop: Callable[[float], bool] | None = None
+        self._owner: tuple | None = None  # (engine, run) while not done: what cancel() and stop() tell
         self._watched = False  # a done-callback was added: completion must not run it in an engine's loop
 
     @property
@@ -133,8 +155,9 @@ class Future(cf.Future):
     def cancel(self) -> bool:
         """Cancel the task if it has not started (``concurrent.futures``' meaning); ``stop()`` stops it in any state."""
         first = self._mark_cancelled()
-        if first and self._on_cancel is not None:
-            self._on_cancel()
+        owner = self._owner
+        if first and owner is not None:
+            owner[0]._cancelled(owner[1])
         return first or self.cancelled()
 
     def stop(self, grace: float | str = STOP_GRACE) -> bool:
@@ -150,8 +173,8 @@ class Future(cf.Future):
         grace = duration(grace, "grace", zero_ok=True)
         if self.done():
             return self.cancelled()
-        hook = self._on_stop
-        return hook(grace) if hook is not None else self.cancel()
+        owner = self._owner
+        return owner[0]._stop(owner[1], grace) if owner is not None else self.cancel()
 
     def replay(self) -> Any:
         """Run this failed task's last attempt again, here in the calling thread, with the inputs it received

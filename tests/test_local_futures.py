@@ -97,3 +97,23 @@ def test_cancelling_a_queued_task_logs_nothing(caplog):
     assert busy.result(timeout=60) == "held"
     assert nbflow.task(lambda: "after").submit().result(timeout=60) == "after"  # the pool has passed the cancelled one
     assert not [r for r in caplog.records if "unexpected state" in r.getMessage()]
+
+
+def test_a_future_has_every_field_of_a_standard_future_and_its_condition_works():
+    """nbflow's Future sets the standard Future's fields itself (with a lighter condition): none may be missing on
+    this Python, and waiting on the condition (result with a timeout, wait, as_completed) works."""
+    import concurrent.futures as cf
+
+    from nbflow.futures import Future
+
+    fut = Future("f")
+    assert set(vars(cf.Future())) <= set(vars(fut))
+    with pytest.raises(cf.TimeoutError):
+        fut.result(timeout=0.05)
+    done, pending = cf.wait([fut], timeout=0.05)
+    assert not done and pending == {fut}
+    threading.Timer(0.1, fut.set_result, args=(7,)).start()
+    assert [f.result() for f in cf.as_completed([fut], timeout=30)] == [7]
+    assert fut.result(timeout=0) == 7
+    assert fut._condition.acquire(blocking=False) and fut._condition._is_owned()
+    fut._condition.release()

@@ -18,25 +18,29 @@ from ..errors import TaskTimeout
 
 
 class EventLoopThread:
-    """An event loop in a daemon thread named ``name``; ``setup()`` runs first in that thread."""
+    """An event loop in a daemon thread named ``name``, running the coroutines of ``start`` (``spawn``);
+    ``setup()`` runs first in that thread."""
 
-    def __init__(self, name: str, setup: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self, name: str, start: Callable[..., Coroutine[Any, Any, Any]], setup: Callable[[], None] | None = None
+    ) -> None:
         self.name = name
+        self._start_one = start
         self._setup = setup
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()
         self._closing = False
-        self._spawned: collections.deque = collections.deque()  # ``make``s not yet taken by the loop
+        self._spawned: collections.deque = collections.deque()  # the arguments of ``start`` not yet taken by the loop
 
-    def spawn(self, make: Callable[[], Coroutine[Any, Any, Any]]) -> bool:
-        """Run the coroutine ``make()`` returns as an asyncio task on the loop (``make`` is called there); False
-        once closing."""
+    def spawn(self, *args: Any) -> bool:
+        """Run the coroutine ``start(*args)`` as an asyncio task on the loop (``start`` is called there); False
+        once closing. (Only the arguments are kept until then: no closure per coroutine.)"""
         with self._lock:
             if self._closing:
                 return False
             loop = self._loop or self._start()
             wake = not self._spawned  # one wake-up of the loop per batch, not per coroutine (each is a write)
-            self._spawned.append(make)
+            self._spawned.append(args)
         if wake:
             loop.call_soon_threadsafe(self._create)
         return True
@@ -75,9 +79,9 @@ class EventLoopThread:
     def _create(self) -> None:
         with self._lock:
             spawned, self._spawned = self._spawned, collections.deque()
-        loop = asyncio.get_running_loop()
-        for make in spawned:
-            loop.create_task(make())
+        loop, start = asyncio.get_running_loop(), self._start_one
+        for args in spawned:
+            loop.create_task(start(*args))
 
     async def _stop_when_idle(self) -> None:
         """(Closing) wait for every other task of the loop, then stop it: no count is kept per coroutine."""

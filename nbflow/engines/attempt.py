@@ -28,7 +28,7 @@ class Attempt:
         self.number = number
         self.key = key
         self.name = name
-        self.holdings: list = []  # limits granted to it, until released
+        self.holdings: Sequence = ()  # limits granted to it, until released
         self.gpus: Sequence[int] = ()  # ordinals within this process's visible devices
         self.ids: str | None = None  # the same devices' ids (``CUDA_VISIBLE_DEVICES`` for a subprocess)
         self.report: dict | None = None  # what it left beside its exception if it failed (``context.report_failure``)
@@ -39,12 +39,12 @@ class Attempt:
         self.gpus = devices.held(self.holdings)
         self.ids = devices.physical(self.gpus, cuda_visible) if self.gpus else None
 
-    def release(self) -> list:
+    def release(self) -> Sequence:
         """Give back what it holds (once); returns what was given back."""
         holdings = self.holdings
         if not holdings:  # most tasks hold nothing
             return holdings
-        self.holdings = []
+        self.holdings = ()
         for holding in holdings:
             holding.release()
         return holdings

@@ -235,8 +235,7 @@ class Engine:
         if has_deps:
             substitute((args, kwargs), _placeholder)  # refuse an argument that cannot be rebuilt, now
         run = self.Run(task, fut, args, kwargs, has_deps, self.Attempt(0, fut.key, fut.name))
-        fut._on_cancel = functools.partial(self._cancelled, run)
-        fut._on_stop = functools.partial(self._stop, run)
+        fut._owner = (self, run)
         return run
 
     def _future(self, name: str) -> Future:
@@ -460,7 +459,7 @@ class Engine:
                 del self._active[run]
         run.state = state
         if state.done:
-            run.fut._on_cancel = run.fut._on_stop = None  # no cycle future -> run: a dropped future is freed at once
+            run.fut._owner = None  # no cycle future -> run: a dropped future is freed at once
         else:
             run.fut._phase = state.status
 

@@ -100,7 +100,7 @@ def pick_gpus(worker: Any, attempt: Attempt, amount: float, dask_key: str) -> No
     table = gpu_table(worker) if gpus or amount else None
     if not gpus and amount:
         held = WorkerGpus(table, amount, dask_key, attempt.name)
-        attempt.holdings.append(held)  # released with the limits: when the function has really stopped
+        attempt.holdings = [*attempt.holdings, held]  # released with the limits: when the function has really stopped
         gpus = held.ordinals
     attempt.gpus = gpus
     attempt.ids = devices.physical(gpus, table.value) if gpus else None

@@ -189,8 +189,10 @@ class LocalEngine(Engine):
 
             with self._lock:
                 if self._loop is None:
-                    self._loop = EventLoopThread(f"{self._name}-async", functools.partial(bind, self))
-        return self._loop.spawn(functools.partial(self._run_coroutine, run, run.attempt))
+                    self._loop = EventLoopThread(
+                        f"{self._name}-async", self._run_coroutine, functools.partial(bind, self)
+                    )
+        return self._loop.spawn(run, run.attempt)
 
     async def _run_coroutine(self, run: _LocalRun, attempt: _LocalAttempt) -> None:
         """An async task's attempt, on the event loop: ``_execute`` for a coroutine. Its timeout and ``stop()``
@@ -214,8 +216,11 @@ class LocalEngine(Engine):
             deadline = time.monotonic() + timeout if timeout is not None else None
             if timeout is not None:  # (the timers' thread: it fires even while a coroutine holds the loop)
                 timer = self._timeouts.call_later(timeout, functools.partial(self._expire, run, attempt))
-            with context.running_coroutine(attempt.context(where, run.demands or {}, deadline)):
+            context.set_coroutine(attempt.context(where, run.demands or {}, deadline))  # (this asyncio task's own)
+            try:
                 value = await run.task.fn(*inputs[0], **inputs[1])
+            finally:
+                context.set_coroutine(None)
             if attempt.expired or attempt.halted:  # it caught the cancellation and returned: it still timed out
                 raise asyncio.CancelledError
         except BaseException as error:
