@@ -28,7 +28,8 @@ from .errors import (
     WorkerDied,
 )
 from .futures import STOP_GRACE, Future, as_completed, gather, wait
-from .machine_limits import LimitStatus, concurrency, limit, limits
+from .limit_scopes import limit, remove_limit
+from .machine_limits import LimitStatus, concurrency, limits
 from .options import TaskOptions
 from .retry_policy import backoff
 from .snapshot import Occupancy
@@ -69,6 +70,7 @@ __all__ = [
     "gather",
     "limit",
     "limits",
+    "remove_limit",
     "load_ipython_extension",
     "monitor",
     "occupancy",

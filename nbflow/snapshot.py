@@ -30,10 +30,14 @@ class WorkerOccupancy(TypedDict):
 
 class LimitInfo(TypedDict):
     name: str
-    capacity: float
+    capacity: float | None  # None: a rate limit without a capacity
     used: float
     waiting: int
     holders: list[dict[str, Any]]  # each a ``machine_limits.Holder`` as a dict (``Holder.from_dict`` reads it back)
+    rate: str | None  # "10/s", None: no rate
+    burst: int
+    next_start: float  # seconds until a start is allowed (0.0: now)
+    scope: str  # "machine" | "cluster"
 
 
 class Occupancy(TypedDict):

@@ -6,7 +6,7 @@ import math
 import numbers
 import re
 from collections.abc import Iterable, Mapping
-from typing import Literal, overload
+from typing import Literal, NamedTuple, overload
 
 from .errors import ResourceSpecError
 
@@ -200,3 +200,43 @@ def parse_resources(spec: Mapping[str, object] | Iterable[str] | str | None) -> 
         name = check_name(name.strip())
         out[name] = parse_amount(name, amount)
     return out
+
+
+_PERIODS = dict.fromkeys(("s", "sec", "secs", "second", "seconds"), 1.0)
+_PERIODS |= dict.fromkeys(("min", "mins", "minute", "minutes"), 60.0)
+_PERIODS |= dict.fromkeys(("h", "hr", "hrs", "hour", "hours"), 3600.0)
+_UNITS = {1.0: "s", 60.0: "min", 3600.0: "h"}  # how a rate is shown
+_RATE_RE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*/\s*([a-z]+)\s*", re.IGNORECASE)
+
+
+class Rate(NamedTuple):
+    """A rate limit: ``count`` starts per ``period`` seconds; ``text`` is how it is shown (``"60/min"``)."""
+
+    count: float
+    period: float
+    text: str
+
+    @property
+    def interval(self) -> float:
+        """Seconds between two starts at this rate."""
+        return self.period / self.count
+
+
+def parse_rate(value: object) -> Rate:
+    """``"10/s"``, ``"60/min"``, ``"5000/h"`` (also ``sec``, ``minute``, ``hour``, plurals; a count may be
+    fractional: ``"0.5/s"``) as a ``Rate``, else ``ResourceSpecError``."""
+    match = _RATE_RE.fullmatch(value) if isinstance(value, str) else None
+    period = _PERIODS.get(match.group(2).lower()) if match else None
+    count = float(match.group(1)) if match else math.nan
+    if period is None or not (math.isfinite(count) and count > 0 and period / count >= 1e-9):
+        raise ResourceSpecError(
+            f"rate must be a string such as '10/s', '60/min' or '5000/h' with a count > 0, got {_shown(value)}"
+        )
+    return Rate(count, period, f"{count:g}/{_UNITS[period]}")
+
+
+def check_burst(burst: object) -> int:
+    """A rate limit's ``burst`` (how many starts may come at once after a pause): a whole number >= 1."""
+    if isinstance(burst, bool) or not isinstance(burst, numbers.Integral) or not 1 <= int(burst) <= 1_000_000:
+        raise ResourceSpecError(f"burst must be a whole number from 1 to 1,000,000, got {_shown(burst)}")
+    return int(burst)

@@ -8,7 +8,7 @@ import threading
 from collections.abc import Callable, Mapping
 
 from ..errors import LimitTimeout, TaskStopped
-from ..specs import NAME_RE, check_amount, check_name, check_timeout
+from ..specs import NAME_RE, Rate, check_amount, check_name, check_timeout
 from ..thread_stop import shielded
 from .holding import Holding
 from .limit_on_disk import Budget, Cancel, get_limit
@@ -16,10 +16,18 @@ from .paths import limits_dir
 from .status import LimitStatus
 
 
+def set_limit(name: str, capacity: float | None, rate: Rate | None = None, burst: int = 1) -> None:
+    """Set this machine's limit ``name`` (checked by ``nbflow.limit``): its capacity and rate, persisted; waiters
+    re-check at once."""
+    if rate is not None:
+        raise NotImplementedError("machine rate limits: being built")
+    get_limit(name).write_capacity(capacity)
+
+
 def limit(name: str, capacity: float) -> None:
     """Set this machine's capacity for ``name`` (persisted; waiters re-check at once)."""
     name = check_name(name)
-    get_limit(name).write_capacity(check_amount(name, capacity))
+    set_limit(name, check_amount(name, capacity))
 
 
 def remove_limit(name: str) -> None:

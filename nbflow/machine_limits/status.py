@@ -18,6 +18,7 @@ class Holder:
     amount: float
     since: float  # epoch seconds
     slots: tuple[int, ...] = ()  # device indices of the share (GPU slot k)
+    worker: str = ""  # a cluster limit's holder: the Dask worker's address
 
     @classmethod
     def from_dict(cls, fields: Mapping[str, Any]) -> Holder:
@@ -29,15 +30,22 @@ class Holder:
             amount=fields["amount"],
             since=fields["since"],
             slots=tuple(fields.get("slots") or ()),
+            worker=fields.get("worker") or "",
         )
 
 
 @dataclasses.dataclass(frozen=True)
 class LimitStatus:
-    """A limit of this machine: its capacity, the amount held now, who holds it and how many wait."""
+    """A limit: its capacity (``None``: none, only a rate), the amount held now, who holds it, how many wait, its
+    rate (``"10/s"``, ``None``: none), burst and the seconds until a start is allowed (0.0: now), and whether it is
+    this machine's or a Dask cluster's."""
 
     name: str
-    capacity: float
+    capacity: float | None
     used: float
     holders: list[Holder]
     waiting: int
+    rate: str | None = None
+    burst: int = 1
+    next_start: float = 0.0
+    scope: str = "machine"  # | "cluster"
