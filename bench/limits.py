@@ -1,12 +1,15 @@
 """Benchmark of machine-wide limits, with filelock measured as the peer in the same run.
 
 1. Uncontended ``acquire`` + ``release``: median of many, next to ``filelock.FileLock`` acquire + release.
+   A rate-limited take (a rate-only limit, rate high enough that no take waits) is measured next to a bare
+   ``flock`` round-trip (lock + unlock of one open descriptor): the floor of any take of the shared record.
 2. Cross-process hand-off: process A releases, process B (already waiting) returns from ``acquire``;
    ``time.monotonic_ns()`` is one clock for all processes on Linux. The peer is ``FileLock`` (50 ms poll).
 """
 
 from __future__ import annotations
 
+import fcntl
 import multiprocessing as mp
 import os
 import shutil
@@ -111,6 +114,19 @@ def main() -> int:
     print(
         f"uncontended acquire+release: nbflow {ours:.1f} us, filelock.FileLock {peer:.1f} us "
         f"(ratio {ours / peer:.2f}); target <= 100 us: {verdict(ours <= 100)}"
+    )
+
+    from nbflow.limit_scopes import limit as set_limit
+
+    set_limit("rated", rate="1e9/s")  # never waits: the cost of a take itself
+    rated = per_op_us(lambda: acquire("rated").release(), 5000)
+    fd = os.open(os.path.join(root, "flock.peer"), os.O_RDWR | os.O_CREAT, 0o600)
+    bare = per_op_us(lambda: (fcntl.flock(fd, fcntl.LOCK_EX), fcntl.flock(fd, fcntl.LOCK_UN)), 5000)
+    os.close(fd)
+    print(
+        f"uncontended rate-limited take: p50 {rated:.1f} us (target <= 20 us): {verdict(rated <= 20)}; "
+        f"bare flock round-trip {bare:.1f} us (ratio {rated / bare:.1f}), capacity acquire+release {ours:.1f} us "
+        f"(ratio {rated / ours:.2f})"
     )
 
     lat = sorted(handoff_ms("nbflow", "bench", 300))

@@ -48,8 +48,25 @@ def format_holder(holder: Holder, limit: str, now: float | None = None, *, exact
     return f"pid {who} task {repr(task) if exact else task} holds {amount}{slots}{held}"
 
 
-def _used_of(resource: str, used: float, total: float) -> str:
-    return f"{format_amount(resource, used)}/{format_amount(resource, total)}"
+def _used_of(resource: str, used: float, total: float | None) -> str:
+    """``1/2``; ``1/-`` when there is no capacity (a rate limit)."""
+    return f"{format_amount(resource, used)}/{'-' if total is None else format_amount(resource, total)}"
+
+
+def rate_fields(rate: str | None, burst: int, next_start: float) -> tuple[str, str, str]:
+    """(rate, burst, next start) of a limit as shown in tables: ``10/s``, ``3``, ``now`` or ``in 0.3 s``; ``-`` for
+    each when it has no rate."""
+    if rate is None:
+        return "-", "-", "-"
+    return rate, str(burst), "now" if next_start <= 0 else f"in {format_duration(next_start)}"
+
+
+def rate_summary(rate: str | None, burst: int, next_start: float) -> str:
+    """``rate 10/s (burst 3), next start now``; ``""`` without a rate."""
+    if rate is None:
+        return ""
+    rate, burst_text, start = rate_fields(rate, burst, next_start)
+    return f"rate {rate}{f' (burst {burst_text})' if burst != 1 else ''}, next start {start}"
 
 
 def _header(snap: Mapping[str, Any]) -> list[str]:
@@ -79,14 +96,17 @@ def _worker_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     return rows
 
 
-def _limit_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, list[str]]]:
-    """(name, used/capacity, waiting, holder lines) per machine limit."""
+def _limit_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, str, list[str]]]:
+    """(name, used/capacity, rate, waiting, holder lines) per limit."""
     now = snap.get("time") or time.time()
     rows = []
     for lim in snap.get("limits") or ():
         name = lim["name"]
         holders = [format_holder(Holder.from_dict(h), name, now) for h in lim.get("holders") or ()]
-        rows.append((name, _used_of(name, lim["used"], lim["capacity"]), f"{lim.get('waiting', 0)} waiting", holders))
+        shown = f"{name} (cluster)" if lim.get("scope") == "cluster" else name
+        rate = rate_summary(lim.get("rate"), lim.get("burst", 1), lim.get("next_start", 0.0))
+        used = _used_of(name, lim["used"], lim["capacity"])
+        rows.append((shown, used, rate, f"{lim.get('waiting', 0)} waiting", holders))
     return rows
 
 
@@ -100,8 +120,8 @@ def render_text(snap: Mapping[str, Any]) -> str:
     limits = _limit_rows(snap)
     if limits:
         out.append("limits:")
-        for name, used, waiting, holders in limits:
-            out.append(f"  {name} {used}, {waiting}")
+        for name, used, rate, waiting, holders in limits:
+            out.append(f"  {name} {used}{rate and ', '}{rate}, {waiting}")
             out += [f"    {holder}" for holder in holders]
     return "\n".join(out)
 
@@ -119,7 +139,10 @@ def render_html(snap: Mapping[str, Any]) -> str:
     workers = _worker_rows(snap)
     if workers:
         parts.append(_table(("worker", "host", "resources used/total", "tasks"), workers))
-    limits = [(name, used, waiting, "; ".join(holders) or "-") for name, used, waiting, holders in _limit_rows(snap)]
+    limits = [
+        (name, used, rate or "-", waiting, "; ".join(holders) or "-")
+        for name, used, rate, waiting, holders in _limit_rows(snap)
+    ]
     if limits:
-        parts.append(_table(("limit", "used/capacity", "waiting", "holders"), limits))
+        parts.append(_table(("limit", "used/capacity", "rate", "waiting", "holders"), limits))
     return '<div class="nbflow-static">' + "".join(parts) + "</div>"

@@ -22,9 +22,12 @@ def wait_until(predicate, timeout: float = START_TIMEOUT, what: str = "condition
 
 
 class DaskProcs:
-    """A scheduler and workers as subprocesses; ``close()`` kills whatever is left."""
+    """A scheduler (``scheduler_args`` added to its command line) and workers as subprocesses; ``close()`` kills
+    whatever is left."""
 
-    def __init__(self, directory: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, directory: Path, env: dict[str, str] | None = None, scheduler_args: list[str] | None = None
+    ) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         # The scheduler and workers import this test's module-level functions by name, as with any Dask code.
@@ -45,6 +48,7 @@ class DaskProcs:
                 "--no-dashboard",
                 "--scheduler-file",
                 str(scheduler_file),
+                *(scheduler_args or []),
             ],
         )
         self.address = wait_until(lambda: _address_in(scheduler_file), what="the scheduler to start")
@@ -113,3 +117,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def run_client(address: str, code: str, *args: object) -> subprocess.Popen:
+    """``code`` in a new Python process (a second Dask client, as another kernel would be), with ``sys.argv[1:]`` the
+    scheduler's address and ``args``; the tests' modules importable, its output piped."""
+    path = os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))
+    return subprocess.Popen(
+        [sys.executable, "-c", code, address, *map(str, args)],
+        env={**os.environ, "PYTHONPATH": path},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )

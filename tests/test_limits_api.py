@@ -79,6 +79,7 @@ def test_device_slots_are_lowest_free_indices(limits_dir):
     b.release()
     c.release()
 
+
 def test_fractions_share_a_device_and_pack_before_whole_amounts_take_theirs(limits_dir):
     limit("GPU", 3)
     halves = [acquire("GPU", 0.5) for _ in range(3)]

@@ -27,8 +27,13 @@ def test_set_ls_rm(limits_dir, how):
         assert (done.returncode, done.stdout, done.stderr) == (0, "", "")
     assert {(s.name, s.capacity) for s in limits()} == {("GPU", 2), ("gpu:host-1", 0.5), ("MEM", 70e9)}
     listing = run(how, "limits", "ls").stdout.splitlines()
-    assert listing[0].split() == ["NAME", "CAPACITY"]
-    assert [line.split() for line in listing[1:]] == [["GPU", "2"], ["MEM", "7e+10"], ["gpu:host-1", "0.5"]]
+    assert listing[0].split() == ["NAME", "CAPACITY", "RATE", "BURST", "NEXT", "START"]
+    no_rate = ["-", "-", "-"]
+    assert [line.split() for line in listing[1:]] == [
+        ["GPU", "2", *no_rate],
+        ["MEM", "7e+10", *no_rate],
+        ["gpu:host-1", "0.5", *no_rate],
+    ]
     assert run(how, "limits", "rm", "MEM").returncode == 0
     assert [s.name for s in limits()] == ["GPU", "gpu:host-1"]
 
@@ -38,11 +43,12 @@ def test_status_shows_holders_and_waiters(limits_dir, how):
     assert run(how, "limits", "set", "GPU", "2").returncode == 0
     with acquire("GPU", 1, task="infer"):
         out = run(how, "status").stdout.splitlines()
-    assert out[0].split() == ["LIMIT", "USED", "CAPACITY", "WAITING", "HOLDER", "TASK", "AMOUNT", "SINCE"]
+    head = ["LIMIT", "USED", "CAPACITY", "RATE", "NEXT", "START", "WAITING", "HOLDER", "TASK", "AMOUNT", "SINCE"]
+    assert out[0].split() == head
     row = out[1].split()
-    assert row[:7] == ["GPU", "1", "2", "0", f"{os.getpid()}@{os.uname().nodename}", "infer", "1"]
+    assert row[:9] == ["GPU", "1", "2", "-", "-", "0", f"{os.getpid()}@{os.uname().nodename}", "infer", "1"]
     idle = run(how, "status").stdout.splitlines()[1].split()
-    assert idle == ["GPU", "0", "2", "0", "-"]
+    assert idle == ["GPU", "0", "2", "-", "-", "0", "-"]
 
 
 @pytest.mark.parametrize(
@@ -54,10 +60,10 @@ def test_status_shows_holders_and_waiters(limits_dir, how):
         (["limits", "set", "GPU", "-1"], "amount of 'GPU' must be a finite number > 0"),
         (["limits", "set", "GPU", "0"], "amount of 'GPU' must be a finite number > 0"),
         (["limits", "set", "GPU", "abc"], "amount of 'GPU' must be a number > 0 such as 2"),
-        (["limits", "set", "GPU"], "the following arguments are required: capacity"),
-        (["limits", "rm", "nope"], "no capacity is set for limit 'nope'"),
+        (["limits", "set", "GPU"], "limit 'GPU' needs a capacity, --rate or both"),
+        (["limits", "rm", "nope"], "no capacity or rate is set for limit 'nope'"),
         (["limits", "frob"], "invalid choice: 'frob'"),
-        (["frob"], "invalid choice: 'frob' (choose from 'limits', 'status', 'cache')"),
+        (["frob"], "invalid choice: 'frob' (choose from 'limits', 'limit', 'status', 'cache')"),
         ([], "the following arguments are required"),
     ],
 )

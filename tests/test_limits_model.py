@@ -5,24 +5,36 @@ Each acquisition runs in its own ``worker.py serve`` process; rules acquire, rel
 use above the capacity in force when its newest holder was granted: holders granted before a change may stay
 above a lowered capacity, but nobody is admitted beside them while they are. After the run every waiter is
 served or refused and nothing stays held or queued.
+
+Rate steps set, change or remove the limit's rate and start or SIGKILL "takers": processes that take the limit
+in a loop for a few seconds and log each admission's monotonic time. In any window of ``WINDOW`` s (1 s less a
+wake-up's delay) while a rate was in force, the takers were admitted at most ``burst + rate`` times (``2 * burst +
+rate`` across a change of rate).
 """
 
 from __future__ import annotations
 
 import itertools
+import signal
+import subprocess
 import time
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule, run_state_machine_as_test
 from limits_helpers import Worker, assert_nothing_held, wait_for
+from test_limits_rate_procs import WINDOW, start_taker
 
-from nbflow.machine_limits import limit, limits
+from nbflow.limit_scopes import limit
+from nbflow.machine_limits import limits
 from nbflow.machine_limits.paths import limits_dir
 
 DEADLINE = 30.0  # seconds for anything the machine must do (loaded 2-core CI box)
 EPS = 1e-9
 MAX_ACTIVE = 5  # worker processes alive at once
+MAX_TAKERS = 2  # taker processes alive at once
+TAKE_FOR = 3.0  # seconds a taker takes the limit in a loop
+BURST = 2  # the rate's burst (so that the amounts 1 and 2 stay grantable)
 _names = itertools.count()
 
 
@@ -58,11 +70,16 @@ class LimitMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.name = f"M{next(_names)}"  # each example its own limit: nothing carries over
+        self.tmp = self.tmp_factory.mktemp(self.name)  # the takers' logs
         self.capacity = 2.0
         limit(self.name, self.capacity)
         self.acquirers: list[Acquirer] = []
         self.changes: list[tuple[float, float, float]] = [(0.0, 0.0, self.capacity)]  # (called, returned, new)
         self.grandfathered: set[tuple[int, float]] = set()  # holders (pid, since) present at the last change
+        self.rate: float | None = None  # starts a second
+        self.rates: list[tuple[float, float, float | None]] = [(0.0, 0.0, None)]  # (called, returned, new), monotonic
+        self.takers: list[subprocess.Popen] = []
+        self.logs = 0  # taker log files written so far
 
     # --- helpers ---------------------------------------------------------------------------------------------
 
@@ -141,7 +158,7 @@ class LimitMachine(RuleBasedStateMachine):
     @rule(capacity=st.sampled_from([1.0, 2.0, 3.0]))
     def set_capacity(self, capacity: float) -> None:
         called = time.time()
-        limit(self.name, capacity)
+        limit(self.name, capacity, rate=None if self.rate is None else f"{self.rate:g}/s", burst=BURST)
         self.changes.append((called, time.time(), capacity))
         self.capacity = capacity
         for a in self.active("waiting"):
@@ -163,12 +180,54 @@ class LimitMachine(RuleBasedStateMachine):
             acquirer.worker.kill()
             acquirer.state = "done"
 
+    @rule(rate=st.sampled_from([None, 5.0, 10.0, 20.0]))
+    def set_rate(self, rate: float | None) -> None:
+        called = time.monotonic()
+        limit(self.name, self.capacity, rate=None if rate is None else f"{rate:g}/s", burst=BURST)
+        self.rates.append((called, time.monotonic(), rate))
+        self.rate = rate
+
+    @rule()
+    def add_taker(self) -> None:
+        self.takers = [p for p in self.takers if p.poll() is None]
+        if len(self.takers) < MAX_TAKERS:
+            now = time.monotonic()
+            self.takers.append(start_taker(self.tmp, self.logs, self.name, now, now + TAKE_FOR))
+            self.logs += 1
+
+    @rule(index=st.integers(0, MAX_TAKERS - 1))
+    def kill_taker(self, index: int) -> None:
+        """SIGKILL a taker: holding its slot, sleeping until its token is due, or between two takes."""
+        if self.takers:
+            victim = self.takers.pop(index % len(self.takers))
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=DEADLINE)
+
     # --- invariants -------------------------------------------------------------------------------------------
+
+    @invariant()
+    def takers_within_the_rate(self) -> None:
+        times = []
+        for path in self.tmp.glob("taker-*.txt"):
+            times += [float(line) for line in path.read_text().split() if line != "ready"]
+        times.sort()
+        for i, t in enumerate(times):
+            rates = self.rates_in_force(t, t + 1.0)
+            if None not in rates:
+                allowed = (BURST if len(rates) == 1 else 2 * BURST) + max(rates)
+                count = sum(1 for u in times[i:] if u < t + WINDOW)
+                assert count <= allowed, f"{count} starts in [{t:.3f}, {t + WINDOW:.3f}) at rates {rates}"
+
+    def rates_in_force(self, start: float, end: float) -> set[float | None]:
+        """The rates in force at some time of ``[start, end)``: the last set before it, and any set during it."""
+        before = [rate for _, returned, rate in self.rates if returned <= start]
+        during = {rate for called, returned, rate in self.rates if called < end and returned > start}
+        return {before[-1], *during} if before else {None, *during}
 
     @invariant()
     def use_within_the_capacity_at_grant_time(self) -> None:
         self.collect()
-        alive = {a.pid for a in self.active()}
+        alive = {a.pid for a in self.active()} | {p.pid for p in self.takers if p.poll() is None}
         # A dead holder's slot can be listed for an instant while another process reaps it (the reaper holds
         # its flock then): wait for a listing without one, and check the use in that same listing.
         status = wait_for(
@@ -186,6 +245,9 @@ class LimitMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Serve the queue to the end: every waiter is granted (then released) or refused."""
+        for p in self.takers:
+            p.send_signal(signal.SIGKILL)
+            p.wait(timeout=DEADLINE)
         try:
             while self.active():
                 for a in self.active("holding"):
@@ -208,7 +270,8 @@ class LimitMachine(RuleBasedStateMachine):
         return any(a.state != "waiting" for a in waiting)
 
 
-def test_limit_against_the_model(limits_dir):
+def test_limit_against_the_model(limits_dir, tmp_path_factory):
+    LimitMachine.tmp_factory = tmp_path_factory
     run_state_machine_as_test(
         LimitMachine,
         settings=settings(

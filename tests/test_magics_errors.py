@@ -50,7 +50,7 @@ def one_line_error(kernel: Kernel, code: str, ename: str = "UsageError") -> str:
         ("%nbflow use dask tcp://127.0.0.1:8786 --n-workers 2", "describe a new cluster"),
         ("%nbflow limit GPU lots", "amount of 'GPU' must be a number > 0"),
         ("%nbflow limit ../GPU 2", "invalid limit/resource name"),
-        ("%nbflow limit GPU", "the following arguments are required: CAPACITY"),
+        ("%nbflow limit GPU", "give a CAPACITY, --rate or both"),
         ("%nbflow wait nosuchcell", "no task cell named 'nosuchcell'"),
         ("%nbflow cancel", "name the task cells to cancel, or use --all"),
         ("%nbflow task", "is a cell magic"),
@@ -95,7 +95,7 @@ def test_help(kernel):
     for usage in (
         "%nbflow use local",
         "%nbflow use dask",
-        "%nbflow limit NAME CAPACITY",
+        "%nbflow limit [--rate RATE] [--burst N] NAME [CAPACITY]",
         "%nbflow wait",
         "%nbflow cancel",
         "%nbflow task [--name NAME]",

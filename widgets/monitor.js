@@ -107,11 +107,24 @@ function workerTable(workers) {
   return h("table", { class: "nbflow-wtable" }, h("thead", null, head), h("tbody", null, rows));
 }
 
+// A limit's rate, its burst and when the next start is allowed (as of the snapshot), as nbflow.render.rate_summary.
+function rateText(limit) {
+  const burst = limit.burst && limit.burst !== 1 ? ` (burst ${limit.burst})` : "";
+  const next = limit.next_start > 0 ? `in ${duration(limit.next_start)}` : "now";
+  return `rate ${limit.rate}${burst}, next start ${next}`;
+}
+
 function limitRow(limit) {
   const holders = limit.holders || [];
+  const label = limit.scope === "cluster" ? `${limit.name} (cluster)` : limit.name;
   return h("div", { class: "nbflow-limit", "data-limit": limit.name },
     h("div", { class: "nbflow-limit-head" },
-      bar(limit.name, limit.used, limit.capacity, limit.name),
+      limit.capacity === null || limit.capacity === undefined // a rate alone: no capacity to fill
+        ? h("span", { class: "nbflow-res", "data-resource": limit.name, "data-used": limit.used },
+            h("span", { class: "nbflow-res-name" }, label), h("span", { class: "nbflow-num" }, `${amount(limit.name, limit.used)} held`))
+        : bar(limit.name, limit.used, limit.capacity, label),
+      limit.rate ? h("span", { class: "nbflow-rate", "data-rate": limit.rate, "data-next-start": limit.next_start },
+        rateText(limit)) : null,
       count(limit.waiting || 0, "waiting")),
     holders.length
       ? h("ul", { class: "nbflow-holders" }, holders.map((holder) => h("li", { class: "nbflow-holder" },

@@ -29,6 +29,7 @@ from .attempt import Attempt, Reported
 from .core import Engine, Run, State
 from .dask_attempt_keys import attempt_key
 from .dask_cluster import connect
+from .dask_cluster_limits import ClusterLimits
 from .dask_worker_events import SIDE_TOPIC, STARTED_TOPIC
 from .dask_worker_probe import probe
 from .dask_worker_snapshots import fetch as fetch_locals
@@ -136,6 +137,7 @@ class DaskEngine(Engine):
         self.client.subscribe_topic(SIDE_TOPIC, _on_side)
         self._restarts: dict[str, dict] = {}  # worker address -> its nanny's last memory restart (an event)
         self.client.subscribe_topic(_MEMORY_RESTART_TOPIC, self._on_memory_restart)
+        self.cluster_limits = ClusterLimits(self.client)
 
     # -- placing attempts -----------------------------------------------------------------------------
 
@@ -303,6 +305,8 @@ class DaskEngine(Engine):
                 " (task.with_options(max_memory=None))"
             )
         self.check(task.options.resources, task.name)
+        if task.options.limits:
+            self.cluster_limits.check(task.options.limits, task.name)
 
     def check(self, demand: Mapping[str, float], name: str = "task") -> None:
         """Raise ``Unsatisfiable`` if no current worker could ever give ``demand`` (unless waiting is on)."""
@@ -343,8 +347,9 @@ class DaskEngine(Engine):
     # -- occupancy ----------------------------------------------------------------------------------
 
     def occupancy(self) -> Occupancy:
-        """What every worker holds and runs, in one ``client.run`` round trip. Reading it changes nothing: task
-        statuses come from the workers' events alone."""
+        """What every worker holds and runs, in one ``client.run`` round trip (the cluster limits read from the
+        scheduler meanwhile). Reading it changes nothing: task statuses come from the workers' events alone."""
+        cluster_limits = self.cluster_limits.statuses_soon()  # (under way while the workers are probed)
         probes = self.client.run(probe, on_error="ignore")
         workers: list[WorkerOccupancy] = []
         for found in probes.values():
@@ -368,7 +373,7 @@ class DaskEngine(Engine):
             "time": time.time(),
             "workers": workers,
             "tasks": self.task_counts(),
-            "limits": limits_snapshot(),
+            "limits": limits_snapshot() + cluster_limits.result(),
         }
 
     # -- shutdown -----------------------------------------------------------------------------------

@@ -57,9 +57,7 @@ async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict
         key, number = task_key(dask_key)
         attempt = Attempt(number, key, opts.name)
         if opts.limits:
-            from ..machine_limits.api import acquire_all_async
-
-            attempt.holdings = await acquire_all_async(opts.limits, task=opts.name)
+            attempt.holdings = await acquire_limits_async(worker, opts.limits, dask_key, opts.name)
         pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
         where, holds = str(worker.name), opts.held() if opts.limits else opts.resources
         ends = time.monotonic() + opts.timeout if opts.timeout is not None else None
@@ -84,3 +82,17 @@ async def run_task_async(packed: bytes, dask_key: str, args: tuple, kwargs: dict
         if attempt is not None and not deadline.late:  # (a timed-out coroutine releases them at its end)
             attempt.release()
     raise failed
+
+
+async def acquire_limits_async(worker: Any, demands: dict, dask_key: str, name: str) -> list:
+    """The task's cluster limits (awaiting the scheduler on the worker's loop), then its machine-wide limits."""
+    from ..machine_limits.api import acquire_all_async
+    from .dask_worker_cluster_limits import acquire_async
+
+    cluster, rest = await acquire_async(worker, demands, dask_key, name)
+    try:
+        return [*cluster, *(await acquire_all_async(rest, task=name) if rest else ())]
+    except BaseException:
+        for lease in cluster:
+            lease.release()
+        raise

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 from distributed import rejoin, secede
 
@@ -37,13 +38,23 @@ def seceded() -> Iterator[None]:
         rejoin_once()
 
 
-def acquire_limits(demands: dict, name: str, call: StoppableCall) -> list:
-    """The task's machine-wide limits; ``TaskStopped`` if ``call`` is stopped while it waits for them (its thread,
-    blocked in the wait, would not see an exception raised in it before the limits came)."""
+def acquire_limits(demands: dict, name: str, call: StoppableCall, worker: Any, key: str) -> list:
+    """The task's cluster limits (kept by the scheduler), then its machine-wide limits for the other names;
+    ``TaskStopped`` if ``call`` is stopped while it waits for them (its thread, blocked in the wait, would not see an
+    exception raised in it before the limits came)."""
     from ..machine_limits.api import acquire_all_unless
+    from .dask_worker_cluster_limits import acquire_blocking
 
-    with seceded():  # waiting for a machine-wide limit must not hold a worker thread
-        holdings = acquire_all_unless(demands, lambda: call.stopped, task=name)
+    with seceded():  # waiting for a limit must not hold a worker thread
+        cluster, rest = acquire_blocking(worker, demands, key, name, lambda: call.stopped)
+        try:
+            holdings = acquire_all_unless(rest, lambda: call.stopped, task=name) if rest else []
+        except BaseException:
+            for lease in cluster:
+                lease.release()
+            raise
     if holdings is None:
+        for lease in cluster:
+            lease.release()
         raise TaskStopped(f"task {name!r} was stopped while it waited for its limits")
-    return holdings
+    return [*cluster, *holdings]

@@ -30,7 +30,7 @@ from .dask_worker_secede import acquire_limits, seceded
 
 def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) -> Any:
     """The function Dask runs for every attempt of an nbflow task: bind the worker's engine, hold the
-    task's machine-wide ``limits``, enforce its ``timeout``.
+    task's ``limits`` (cluster, then machine-wide), enforce its ``timeout``.
 
     ``packed`` is the task cloudpickled by the client (see ``DaskEngine._place``). Dependencies arrive
     already resolved by Dask. Retries are the client's: a failed attempt raises, and holds nothing after. A
@@ -48,7 +48,7 @@ def run_task(packed: bytes, args: tuple, kwargs: dict, on_unsatisfiable: str) ->
     try:
         key, number = task_key(dask_key)
         attempt = Attempt(number, key, opts.name)
-        attempt.holdings = acquire_limits(opts.limits, opts.name, call) if opts.limits else []
+        attempt.holdings = acquire_limits(opts.limits, opts.name, call, worker, dask_key) if opts.limits else []
         try:
             pick_gpus(worker, attempt, opts.resources.get("GPU", 0), dask_key)
             where, holds = str(worker.name), opts.held() if opts.limits else opts.resources

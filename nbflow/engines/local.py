@@ -286,7 +286,7 @@ class LocalEngine(Engine):
         ctx = dataclasses.replace(ctx, gpus=tuple(range(len(attempt.gpus))))  # ordinals within the child's devices
         with self._lock:
             attempt.child = child
-        keep = [h.fileno() for h in attempt.holdings]
+        keep = [fd for h in attempt.holdings if (fd := h.fileno()) >= 0]  # (a rate's token holds no file)
         bound, watch = run.task.options.max_memory, None
         if bound is not None:
             from .memory_watch import watcher
@@ -434,6 +434,6 @@ def _capacity_or_zero(name: str) -> float:
     from ..machine_limits.limit_on_disk import get_limit
 
     try:
-        return get_limit(name).capacity()
+        return get_limit(name).capacity() or 0.0  # (None: a rate without a capacity)
     except NbflowError:
         return 0.0

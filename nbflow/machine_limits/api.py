@@ -5,39 +5,39 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 
 from ..errors import LimitTimeout, TaskStopped
 from ..specs import NAME_RE, Rate, check_amount, check_name, check_timeout
 from ..thread_stop import shielded
 from .holding import Holding
-from .limit_on_disk import Budget, Cancel, get_limit
+from .limit_on_disk import Budget, Cancel, GaveUp, Limit, get_limit
 from .paths import limits_dir
 from .status import LimitStatus
+from .wake import GIVE_UP_POLL
 
 
 def set_limit(name: str, capacity: float | None, rate: Rate | None = None, burst: int = 1) -> None:
     """Set this machine's limit ``name`` (checked by ``nbflow.limit``): its capacity and rate, persisted; waiters
-    re-check at once."""
-    if rate is not None:
-        raise NotImplementedError("machine rate limits: being built")
-    get_limit(name).write_capacity(capacity)
+    re-check at once. What is None is not set (removed if it was): each call states the whole limit."""
+    get_limit(name).set(capacity, rate, burst)
 
 
 def limit(name: str, capacity: float) -> None:
-    """Set this machine's capacity for ``name`` (persisted; waiters re-check at once)."""
+    """Set this machine's capacity for ``name``, without a rate (persisted; waiters re-check at once)."""
     name = check_name(name)
     set_limit(name, check_amount(name, capacity))
 
 
 def remove_limit(name: str) -> None:
-    """Forget the capacity set for ``name`` (``nbflow limits rm``).
+    """Forget the capacity and the rate set for ``name`` (``nbflow limits rm``).
 
     Allowed while the limit is held: holders keep their share until they release it; waiters and new
     acquirers then see the detected capacity (CPU, MEMORY, GPU) or get ``NoSuchLimit``.
     """
     name = check_name(name)
-    get_limit(name).remove_capacity()
+    get_limit(name).remove()
 
 
 def limits() -> list[LimitStatus]:
@@ -53,10 +53,11 @@ def limits() -> list[LimitStatus]:
 
 
 def check_demands(demands: Mapping[str, float]) -> None:
-    """Raise ``NoSuchLimit`` / ``Unsatisfiable`` for a demand this machine can never grant, so that it fails
-    now (at submit, or before anything is held) instead of waiting forever.
+    """Raise ``NoSuchLimit`` / ``Unsatisfiable`` for a demand this machine can never grant (above the capacity
+    or the rate's burst), so that it fails now (at submit, or before anything is held) instead of waiting forever.
 
-    One ``stat`` of each capacity file: the parsed capacity is cached by inode and mtime.
+    One ``stat`` of each capacity file (the parsed capacity is cached by inode and mtime) and one read of its
+    rate record, if any.
     """
     for name, amount in demands.items():
         get_limit(name).check(amount)
@@ -73,8 +74,11 @@ def acquire_all(demands: Mapping[str, float], *, timeout: float | None = None, t
     """Acquire several limits for one task, in sorted name order (so two callers never deadlock);
     on any failure release what was taken and re-raise. ``timeout`` bounds the whole."""
     checked = {check_name(name): check_amount(name, amount) for name, amount in demands.items()}
-    budget = Budget(timeout)
     check_demands(checked)
+    return _acquire_all(checked, Budget(timeout), task)
+
+
+def _acquire_all(checked: Mapping[str, float], budget: Budget, task: str) -> list[Holding]:
     held: list[Holding] = []
     with shielded:  # a stopped task's exception lands once the list is returned, not with part of it taken
         try:
@@ -87,49 +91,70 @@ def acquire_all(demands: Mapping[str, float], *, timeout: float | None = None, t
     return held
 
 
-GIVE_UP_POLL = 0.5  # seconds ``acquire_all_unless`` waits in one turn before it asks whether to give up
-
-
 def acquire_all_unless(
     demands: Mapping[str, float], give_up: Callable[[], bool], *, task: str = ""
 ) -> list[Holding] | None:
     """``acquire_all`` for a waiter that may be abandoned while it waits (a task cancelled or stopped meanwhile, an
-    engine closed): waits in turns of ``GIVE_UP_POLL`` seconds; ``None`` once ``give_up()`` says so."""
+    engine closed): waits in turns of ``GIVE_UP_POLL`` seconds; ``None`` once ``give_up()`` says so. A rate's
+    token is reserved once and slept for in such turns (given back on giving up if nobody reserved after it)."""
+    checked = {check_name(name): check_amount(name, amount) for name, amount in demands.items()}
+    check_demands(checked)
     while True:
         try:
-            return acquire_all(demands, timeout=GIVE_UP_POLL, task=task)
+            return _acquire_all(checked, Budget(GIVE_UP_POLL, give_up=give_up), task)
         except LimitTimeout:
             if give_up():
                 return None
+        except GaveUp:
+            return None
 
 
 async def acquire_async(name: str, amount: float = 1.0, *, timeout: float | None = None, task: str = "") -> Holding:
-    """``acquire`` without blocking the event loop: a free limit is taken inline, otherwise a helper
-    thread waits; if the awaiting task is cancelled the wait is aborted and a late grant released."""
+    """``acquire`` without blocking the event loop: a free slot is taken inline, otherwise a helper thread waits
+    for it; then the rate's tokens are slept for with ``asyncio.sleep``. If the awaiting task is cancelled the
+    wait is aborted, a late grant released and the tokens given back (when nobody reserved after them)."""
     name = check_name(name)
     amount = check_amount(name, amount)
     timeout = check_timeout(timeout)  # before the cancellation pipe is opened
     lim = get_limit(name)
+    budget = Budget(timeout)
+    holding = lim.try_slot(amount, task)
+    if holding is None:
+        holding = await _slot_in_thread(lim, amount, task, timeout)
+    try:
+        taken = lim.reserve(holding, amount, budget)
+        if taken is not None and (delay := taken.due - time.monotonic()) > 0:
+            import asyncio  # already loaded when a coroutine runs; importing it eagerly costs ~50 ms
+
+            try:
+                await asyncio.sleep(delay)
+            except BaseException:
+                lim.rate.give_back(taken)
+                raise
+    except BaseException:
+        holding.release()
+        raise
+    return holding
+
+
+async def _slot_in_thread(lim: Limit, amount: float, task: str, timeout: float | None) -> Holding:
+    """A helper thread waits for the slot; cancelling the awaiting task aborts its wait."""
     cancel = Cancel()
     budget = Budget(timeout, cancel)
-    holding = lim.try_acquire(amount, task)
-    if holding is not None:
-        cancel.close()
-        return holding
     done: concurrent.futures.Future[Holding] = concurrent.futures.Future()
     done.set_running_or_notify_cancel()  # so cancelling the awaiting task cannot drop a late result
 
     def wait() -> None:
         try:
-            done.set_result(lim.acquire(amount, task, budget))
+            done.set_result(lim.slot(amount, task, budget))
         except BaseException as exc:
             done.set_exception(exc)
         finally:
             cancel.close()
 
-    import asyncio  # already loaded when a coroutine runs; importing it eagerly costs ~50 ms
+    import asyncio
 
-    threading.Thread(target=wait, name=f"nbflow-acquire-{name}", daemon=True).start()
+    threading.Thread(target=wait, name=f"nbflow-acquire-{lim.name}", daemon=True).start()
     try:
         return await asyncio.wrap_future(done)
     except asyncio.CancelledError:

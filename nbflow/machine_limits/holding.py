@@ -106,3 +106,21 @@ def wake(fifo: str) -> None:
         pass
     finally:
         os.close(fd)
+
+
+class Token(Holding):
+    """A start admitted by a rate-only limit: nothing stays held (the rate's record already counts it), so
+    there is no slot file and no descriptor; ``release()`` only marks it released."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self, name: str, amount: float, task: str, since: float) -> None:
+        super().__init__(name, amount, (), task, since, "", "")
+        self._done = False
+
+    @property
+    def released(self) -> bool:
+        return self._done
+
+    def release(self) -> None:
+        self._done = True

@@ -8,6 +8,11 @@
   use without opening files; each stays flocked by its holder, so an unlocked one is stale (holder died).
 - ``waiting/``: one locked file per acquirer that had to wait (counted by ``limits()``).
 - ``wake``: a FIFO; releases and ``limit()`` write a byte so the head re-checks at once.
+- ``rate``: the rate's GCRA record (``rate.py``), when a rate was ever set. A limit with a rate and no capacity
+  (none set or detected) takes no slot: its ``Holding`` is a ``Token``.
+
+With a capacity and a rate, an acquisition takes its slot first, then its tokens, sleeping until their due
+time while holding the slot, so starts never bunch above the rate; a failed or cancelled wait releases both.
 
 The head reads the capacity under the gate once its slot file is visible (a waiter also before it decides):
 a ``limit()`` that lowered it since the head decided makes the head take the slot back and decide again. So
@@ -23,12 +28,14 @@ import stat
 import time
 
 from ..errors import LimitsDirError, LimitTimeout, NbflowError, NoSuchLimit, Unsatisfiable
+from ..specs import Rate
 from ..thread_stop import shielded
 from .damage import check_regular, check_tree, deleted, failure, kind
 from .detect import detected_capacity
 from .forksafe import Pool, close_tracked, open_tracked, set_owner, unique
-from .holding import Holding, keep_spare, spares, wake
+from .holding import Holding, Token, keep_spare, spares, wake
 from .paths import limits_dir
+from .rate import RateFile, Reservation
 from .slotfiles import (
     CREATE,
     PEEK,
@@ -47,12 +54,16 @@ from .slotfiles import (
     visible,
 )
 from .status import Holder, LimitStatus
-from .wake import Budget, Cancel, Cancelled, Expired, drain, fifo_fd, sleep_until_change
+from .wake import Budget, Cancel, Cancelled, Expired, GaveUp, drain, fifo_fd, sleep_until_change
 
-__all__ = ["Budget", "Cancel", "Cancelled", "Expired", "Limit", "get_limit"]
+__all__ = ["Budget", "Cancel", "Cancelled", "Expired", "GaveUp", "Limit", "get_limit"]
 
 gates: Pool = Pool(64)  # gate path -> descriptors of this process not in use by an acquisition
 UNLOCKED_GRACE = 60.0  # seconds an empty, unlocked waiting file is taken to be a waiter still creating it
+
+
+class _RateOnly(Exception):
+    """The capacity was removed while a slot was sought, and a rate remains: take a ``Token`` instead."""
 
 
 class Limit:
@@ -66,7 +77,9 @@ class Limit:
         self.slots_dir = self.dir + "/slots"
         self.waiting_dir = self.dir + "/waiting"
         self.wake_path = self.dir + "/wake"
+        self.rate = RateFile(name, self.dir + "/rate")
         self._cached: tuple[tuple[int, int], float] | None = None
+        self._rated = True  # False: the capacity file last read came with no rate record (see ``set_capacity``)
         self._last: float | None = None  # the capacity this process read last (a guess, checked after a grant)
         self._ready = False
 
@@ -112,11 +125,15 @@ class Limit:
         try:
             st = os.stat(self.capacity_path)
         except FileNotFoundError:
+            self._rated = True
             return None
         key = (st.st_ino, st.st_mtime_ns)
         cached = self._cached
         if cached is not None and cached[0] == key:
             return cached[1]
+        # ``set()`` writes the rate record before it replaces the capacity file: a capacity file read with no
+        # record beside it spares later grants a look for one, until the file is replaced.
+        self._rated = os.path.lexists(self.rate.path)
         text = self._read_capacity(st.st_mode)
         if text is None:
             return self.set_capacity()  # replaced or removed between stat and open
@@ -150,27 +167,44 @@ class Limit:
         finally:
             os.close(fd)
 
-    def capacity(self) -> float:
-        """The set capacity, else the detected one (CPU, MEMORY, GPU), else ``NoSuchLimit``."""
+    def capacity(self) -> float | None:
+        """The set capacity, else the detected one (CPU, MEMORY, GPU), else None when a rate is set (concurrency
+        unbounded), else ``NoSuchLimit``."""
         value = self.set_capacity()
         if value is None:
             value = detected_capacity(self.name)
-            if value is None:
-                raise NoSuchLimit(
-                    f"no capacity is set for limit {self.name!r} on this machine: "
-                    f'set one with nbflow.limit("{self.name}", n) or `nbflow limits set {self.name} n`'
-                )
+            if value is None and not self.rate.params().interval:
+                raise self._no_such()
         self._last = value
         return value
 
-    def check(self, amount: float) -> float:
-        """The capacity, after refusing an amount it can never give."""
+    def _no_such(self) -> NoSuchLimit:
+        return NoSuchLimit(
+            f"no capacity or rate is set for limit {self.name!r} on this machine: set one with "
+            f'nbflow.limit("{self.name}", n) or `nbflow limits set {self.name} n` (a rate: rate="10/s", --rate 10/s)'
+        )
+
+    def check(self, amount: float) -> float | None:
+        """The capacity (None: rate only), after refusing an amount it or the rate's burst can never give."""
         capacity = self.capacity()
-        if not fits(0.0, amount, capacity):
+        if capacity is not None and not fits(0.0, amount, capacity):
             raise Unsatisfiable(
                 f"limit {self.name!r} has capacity {capacity:g}, so {amount:g} can never be granted: "
                 f'ask for less or raise it with nbflow.limit("{self.name}", n)'
             )
+        params = self.rate.params()
+        if params.interval and amount > params.burst:
+            raise Unsatisfiable(
+                f"limit {self.name!r} has rate {params.text} with burst {params.burst}, so {amount:g} can never be "
+                f'granted at once: ask for less or raise the burst with nbflow.limit("{self.name}", ..., burst=n)'
+            )
+        return capacity
+
+    def _slot_capacity(self, amount: float) -> float:
+        """``check`` for the slot loop: a capacity removed meanwhile leaves the rate alone (``_RateOnly``)."""
+        capacity = self.check(amount)
+        if capacity is None:
+            raise _RateOnly
         return capacity
 
     def write_capacity(self, capacity: float) -> None:
@@ -193,14 +227,38 @@ class Limit:
             raise LimitsDirError(f"cannot write {self.capacity_path}: {exc.strerror or exc}") from None
         wake(self.wake_path)
 
-    def remove_capacity(self) -> None:
+    def remove_capacity(self) -> bool:
+        """Delete the set capacity; False when none was set."""
         try:
             os.unlink(self.capacity_path)
         except FileNotFoundError:
-            raise NoSuchLimit(f"no capacity is set for limit {self.name!r}, so there is nothing to remove") from None
+            return False
         except OSError as exc:
             raise self.damaged(exc) from None
         wake(self.wake_path)
+        return True
+
+    def set(self, capacity: float | None, rate: Rate | None, burst: int) -> None:
+        """The whole limit: what is None is not set (removed if it was)."""
+        self.ensure()
+        try:
+            self.rate.set(rate, burst)  # first: a process that reads the new capacity file then sees the record
+        except OSError as exc:
+            raise self.damaged(exc) from None
+        if capacity is None:
+            self.remove_capacity()
+        else:
+            self.write_capacity(capacity)
+        self._last = None  # the next acquisition reads what was set here
+
+    def remove(self) -> None:
+        """Forget the capacity and the rate; ``NoSuchLimit`` when neither was set."""
+        try:
+            had_rate = self.rate.remove()
+        except OSError as exc:
+            raise self.damaged(exc) from None
+        if not self.remove_capacity() and not had_rate:
+            raise NoSuchLimit(f"no capacity or rate is set for limit {self.name!r}, so there is nothing to remove")
 
     # --- slots ------------------------------------------------------------------------------------
 
@@ -237,22 +295,26 @@ class Limit:
         return sum(1 for entry in waiting if read_live(f"{self.waiting_dir}/{entry}") is not None)
 
     def status(self) -> LimitStatus | None:
-        """This limit as ``limits()`` shows it; None when it has neither a capacity nor holders."""
+        """This limit as ``limits()`` shows it; None when it has neither a capacity, a rate nor holders."""
         try:
             capacity = self.set_capacity()
             if capacity is None:
                 capacity = detected_capacity(self.name)
             check_tree(self.name, self.dir)
             self.ensure()
+            params, next_start = self.rate.next_start()
             self._reap_waiting()
             holders = self.holders()
             waiting = self.waiting()
         except OSError as exc:
             raise self.damaged(exc) from None
-        if capacity is None and not holders:
+        rate = params.text if params.interval else None
+        if capacity is None and rate is None and not holders:
             return None
         used = float(sum(h.amount for h in holders))
-        return LimitStatus(self.name, capacity or 0.0, used, holders, waiting)
+        if capacity is None and rate is None:
+            capacity = 0.0  # removed while held: shown as over a capacity of 0, as before rates
+        return LimitStatus(self.name, capacity, used, holders, waiting, rate, params.burst, next_start)
 
     def _reap_stale(self) -> bool:
         """As head: remove slot files whose holder died, visible ones and spares (True if any), and the
@@ -277,16 +339,52 @@ class Limit:
     # --- acquisition ----------------------------------------------------------------------------
 
     def acquire(self, amount: float, task: str, budget: Budget) -> Holding:
+        """A slot (when there is a capacity) and then the rate's tokens (when there is a rate), waiting for both."""
         try:
             with shielded:  # a stopped task's exception would lose a share taken and not yet returned
+                holding = self._acquire(amount, task, budget)
+                try:
+                    taken = self._reserve(holding, amount, budget)
+                    if taken is not None:
+                        self._sleep(taken, budget)
+                except BaseException:
+                    holding.release()
+                    raise
+                return holding
+        except Expired:
+            raise self._timeout_error(amount, budget) from None
+        except OSError as exc:
+            raise self.damaged(exc) from None
+
+    def _reserve(self, holding: Holding, amount: float, budget: Budget) -> Reservation | None:
+        """Take the rate's tokens for ``holding`` (None: no rate; then a ``Token`` means the limit is gone)."""
+        if not self._rated and not isinstance(holding, Token):
+            return None
+        taken = self.rate.reserve(amount, budget.token_deadline())
+        if taken is None and isinstance(holding, Token):
+            raise self._no_such()
+        return taken
+
+    def _sleep(self, taken: Reservation, budget: Budget) -> None:
+        """Sleep until the tokens are due; given back if the wait ends early and nobody reserved after them."""
+        try:
+            budget.sleep_until(taken.due)
+        except BaseException:
+            self.rate.give_back(taken)
+            raise
+
+    def slot(self, amount: float, task: str, budget: Budget) -> Holding:
+        """The slot alone (a ``Token`` for a rate-only limit): ``acquire_async`` then waits for the tokens itself."""
+        try:
+            with shielded:
                 return self._acquire(amount, task, budget)
         except Expired:
             raise self._timeout_error(amount, budget) from None
         except OSError as exc:
             raise self.damaged(exc) from None
 
-    def try_acquire(self, amount: float, task: str) -> Holding | None:
-        """Grant at once if the gate is free and the amount fits, else None (no waiting)."""
+    def try_slot(self, amount: float, task: str) -> Holding | None:
+        """``slot`` granted at once if the gate is free and the amount fits, else None (no waiting)."""
         try:
             with shielded:
                 return self._acquire(amount, task, Budget(0.0))
@@ -295,10 +393,28 @@ class Limit:
         except OSError as exc:
             raise self.damaged(exc) from None
 
+    def reserve(self, holding: Holding, amount: float, budget: Budget) -> Reservation | None:
+        """The rate's tokens for ``holding`` taken without sleeping (None: no rate): ``LimitTimeout`` at once,
+        nothing taken, when they would be due after the budget's deadline."""
+        try:
+            return self._reserve(holding, amount, budget)
+        except Expired:
+            raise self._timeout_error(amount, budget) from None
+        except OSError as exc:
+            raise self.damaged(exc) from None
+
     def _acquire(self, amount: float, task: str, budget: Budget) -> Holding:
         if not self._ready:  # first use here: refuse an unknown limit or impossible amount before creating files
             self.check(amount)
             self.ensure()
+        if self._last is None and self.set_capacity() is None and detected_capacity(self.name) is None:
+            return Token(self.name, amount, task, time.time())  # rate only (checked when its tokens are taken)
+        try:
+            return self._take_slot(amount, task, budget)
+        except _RateOnly:  # the capacity was removed while this waited: only the rate is left
+            return Token(self.name, amount, task, time.time())
+
+    def _take_slot(self, amount: float, task: str, budget: Budget) -> Holding:
         gate = gates.take(self.gate_path)  # one open file description per acquisition in flight
         if gate is None:
             gate = self._open_gate()
@@ -308,17 +424,17 @@ class Limit:
             locked = lock_nb(gate)
             if not locked:
                 waited = True
-                self.check(amount)  # refuse what can never be granted before queueing
+                self._slot_capacity(amount)  # refuse what can never be granted before queueing
                 check_tree(self.name, self.dir)
                 marker = self._mark_waiting(amount, task, budget)
                 locked = True  # before the wait: an exception raised as it returns (a stopped task's) still unlocks
                 self._wait_gate(gate, budget)
             fifo = -1
-            capacity = self._last if waited is False and self._last is not None else self.check(amount)
+            capacity = self._last if waited is False and self._last is not None else self._slot_capacity(amount)
             while True:
                 names = self._slots()
                 if not fits(used_of(names), amount, capacity):
-                    capacity = self.check(amount)  # in force now: the one seen before may be stale
+                    capacity = self._slot_capacity(amount)  # in force now: the one seen before may be stale
                     if not fits(used_of(names), amount, capacity) and self._reap_stale():
                         names = self._slots()
                 if fits(used_of(names), amount, capacity):
@@ -336,7 +452,7 @@ class Limit:
                     marker = self._mark_waiting(amount, task, budget)
                 sleep_until_change(fifo, names, budget)
                 drain(fifo)
-                capacity = self.check(amount)
+                capacity = self._slot_capacity(amount)
         finally:
             if marker is not None:
                 try:
@@ -366,6 +482,8 @@ class Limit:
         one the grant was decided with: ``limit()`` lowered it meanwhile) the slot is taken back."""
         try:
             now = self.capacity()
+            if now is None:
+                raise _RateOnly
         except BaseException:
             holding.release()
             raise
@@ -430,12 +548,15 @@ class Limit:
         holders = self.holders()
         who = ", ".join(format_holder(h, self.name, exact=True) for h in holders)
         try:
-            capacity = f"{self.capacity():g}"
+            capacity = self.capacity()
         except NoSuchLimit:
-            capacity = "none"
+            capacity = None
+        params, next_start = self.rate.next_start()
+        rate = f"rate {params.text}, next start in {next_start:.3g} s, " if params.interval else ""
         return LimitTimeout(
-            f"limit {self.name!r}: {amount:g} not granted within {budget.timeout:g} s "
-            f"(capacity {capacity}, in use {sum(h.amount for h in holders):g}{': ' + who if who else ''})"
+            f"limit {self.name!r}: {amount:g} not granted within {budget.timeout:g} s ({rate}"
+            f"capacity {'none' if capacity is None else f'{capacity:g}'}, "
+            f"in use {sum(h.amount for h in holders):g}{': ' + who if who else ''})"
         )
 
 

@@ -7,12 +7,14 @@ import select
 import stat
 import threading
 import time
+from collections.abc import Callable
 
 from ..specs import check_timeout
 from .damage import misplaced
 from .slotfiles import holder_pids
 
 FALLBACK_POLL = 0.25  # seconds; only matters for holders whose death no pidfd reports (other hosts)
+GIVE_UP_POLL = 0.5  # seconds ``acquire_all_unless`` waits in one turn before it asks whether to give up
 
 
 class Expired(Exception):
@@ -21,6 +23,10 @@ class Expired(Exception):
 
 class Cancelled(Exception):
     """An async acquisition was cancelled while it waited in its helper thread."""
+
+
+class GaveUp(Exception):
+    """The ``give_up()`` of ``acquire_all_unless`` said so while it waited for a rate's token."""
 
 
 class Cancel:
@@ -45,14 +51,38 @@ class Cancel:
 
 
 class Budget:
-    """How long an acquisition may wait (``timeout=``), shared by every limit of one ``acquire_all``."""
+    """How long an acquisition may wait (``timeout=``), shared by every limit of one ``acquire_all``.
 
-    __slots__ = ("timeout", "deadline", "cancel")
+    With ``give_up`` the deadline is only one turn of a wait for a slot (``acquire_all_unless``): a token's wait
+    ignores it and asks ``give_up()`` every ``GIVE_UP_POLL`` seconds instead."""
 
-    def __init__(self, timeout: float | None = None, cancel: Cancel | None = None) -> None:
+    __slots__ = ("timeout", "deadline", "cancel", "give_up")
+
+    def __init__(
+        self, timeout: float | None = None, cancel: Cancel | None = None, give_up: Callable[[], bool] | None = None
+    ) -> None:
         self.timeout = timeout = check_timeout(timeout)  # math.inf: no bound, as None
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.cancel = cancel
+        self.give_up = give_up
+
+    def token_deadline(self) -> float | None:
+        """The latest due time a token may have (None: any)."""
+        return None if self.give_up is not None else self.deadline
+
+    def sleep_until(self, due: float) -> None:
+        """Sleep until the monotonic time ``due`` (a token's); ``Cancelled`` at once when cancelled, ``GaveUp``
+        within ``GIVE_UP_POLL`` once ``give_up()`` says so."""
+        while (left := due - time.monotonic()) > 0:
+            if self.cancel is not None:
+                if self.cancel.event.wait(left):
+                    raise Cancelled
+            elif self.give_up is not None:
+                time.sleep(min(left, GIVE_UP_POLL))
+                if self.give_up():
+                    raise GaveUp
+            else:
+                time.sleep(left)
 
     def remaining(self, cap: float | None = None) -> float | None:
         """Seconds left (at most ``cap``; None = no bound); raises ``Expired``/``Cancelled`` when done."""

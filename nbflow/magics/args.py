@@ -120,9 +120,12 @@ def use_dask():
 
 @magic_arguments("nbflow limit")
 @argument("name", metavar="NAME", help="Limit name, e.g. GPU or gpu:host-1.")
-@argument("capacity", metavar="CAPACITY", help="How much of it this machine has, e.g. 2 or 64GB.")
+@argument("capacity", nargs="?", metavar="CAPACITY", help="How much of it this machine has, e.g. 2 or 64GB.")
+@argument("--rate", metavar="RATE", help="At most this many starts, e.g. 10/s, 60/min or 5000/h.")
+@argument("--burst", metavar="N", type=int, default=1, help="Starts allowed at once after a pause (default 1).")
 def limit():
-    """Set this machine's capacity for a limit (persisted, shared by every process on the machine)."""
+    """Set this machine's limit: its capacity, its rate or both (persisted, shared by every process on the machine;
+    what is left out is not set)."""
 
 
 @magic_arguments("nbflow limits")
@@ -298,10 +301,17 @@ def exception_classes(items: list[str] | None, namespace: Mapping[str, Any]) -> 
     return tuple(found)
 
 
-def capacity(name: str, text: str) -> float:
-    """``%nbflow limit NAME CAPACITY``'s name checked, capacity as a float > 0, else a one-line ``UsageError``."""
+def set_limit(parsed: argparse.Namespace) -> None:
+    """Set the limit ``%nbflow limit NAME [CAPACITY] [--rate R] [--burst N]`` describes; a bad or missing value
+    is a one-line ``UsageError``."""
+    from ..limit_scopes import limit as set_it
+
     try:
-        return parse_amount(check_name(name), text)
+        name = check_name(parsed.name)
+        if parsed.capacity is None and parsed.rate is None:
+            raise ResourceSpecError(f"give a CAPACITY, --rate or both, e.g. %nbflow limit {name} 4 or --rate 10/s")
+        capacity = None if parsed.capacity is None else parse_amount(name, parsed.capacity)
+        set_it(name, capacity, rate=parsed.rate, burst=parsed.burst)
     except ResourceSpecError as exc:
         raise UsageError(f"%nbflow limit: {_one_line(exc)}") from None
 

@@ -14,7 +14,7 @@ from IPython.display import display
 from .. import engines
 from ..errors import NbflowError
 from ..futures import own_failure
-from ..machine_limits import limit, limits
+from ..machine_limits import limits
 from ..options import TaskOptions
 from . import args
 from .kernel_cell_analysis import analyze
@@ -83,21 +83,27 @@ class NbflowMagics(Magics):
 
     def _limit(self, rest: str) -> None:
         parsed = args.parse(args.limit, rest)
-        capacity = args.capacity(parsed.name, parsed.capacity)
-        limit(parsed.name, capacity)
-        print(f"nbflow: limit {parsed.name} = {parsed.capacity} on this machine")
+        args.set_limit(parsed)
+        shown = " and ".join(
+            part for part in (parsed.capacity, parsed.rate and f"rate {parsed.rate} (burst {parsed.burst})") if part
+        )
+        print(f"nbflow: limit {parsed.name} = {shown} on this machine")
 
     def _limits(self, rest: str) -> None:
         args.parse(args.limits, rest)
-        from ..render import format_amount, format_holder
+        from ..render import format_amount, format_holder, rate_summary
 
         statuses = limits()
         if not statuses:
-            print("nbflow: no limits set on this machine (set one with %nbflow limit NAME CAPACITY)")
+            print("nbflow: no limits set on this machine (set one with %nbflow limit NAME CAPACITY or --rate 10/s)")
         now = time.time()
         for status in statuses:
-            used = f"{format_amount(status.name, status.used)}/{format_amount(status.name, status.capacity)}"
-            print(f"{status.name}: {used} used, {status.waiting} waiting")
+            capacity = "-" if status.capacity is None else format_amount(status.name, status.capacity)
+            rate = rate_summary(status.rate, status.burst, status.next_start)
+            print(
+                f"{status.name}: {format_amount(status.name, status.used)}/{capacity} used{rate and ', '}{rate}, "
+                f"{status.waiting} waiting"
+            )
             for h in status.holders:
                 print(f"  {format_holder(h, status.name, now)}")
 
