@@ -14,6 +14,7 @@ kept open stays the file every process uses. A record of another boot reads as e
 from __future__ import annotations
 
 import fcntl
+import functools
 import os
 import stat
 import struct
@@ -31,17 +32,15 @@ _RECORD = struct.Struct("<8s16sddI4x24s")  # magic, boot id, tat, interval (0: n
 records: Pool = Pool(16)  # rate path -> descriptors of this process not in use by a take
 
 
-def _boot_id() -> bytes:
-    """This boot's identity (16 bytes), read once per process; zeros where the system does not say (then a
-    record from before a reboot is not recognised: remove the limit and set it again)."""
+@functools.cache
+def boot_id() -> bytes:
+    """This boot's identity (16 bytes), read once per process, at its first use of a rate; zeros where the system
+    does not say (then a record from before a reboot is not recognised: remove the limit and set it again)."""
     try:
         with open("/proc/sys/kernel/random/boot_id", "rb") as f:
             return bytes.fromhex(f.read().decode().strip().replace("-", ""))[:16].ljust(16, b"\0")
     except (OSError, ValueError):
         return bytes(16)
-
-
-BOOT = _boot_id()
 
 
 class Params(NamedTuple):
@@ -117,10 +116,10 @@ class RateFile:
         params = Params(interval, burst, text.rstrip(b"\0").decode("ascii", "replace"))
         if magic != MAGIC or not (interval == 0.0 or 0.0 < interval < 1e12) or burst < 1 or tat != tat:
             raise self._corrupt(repr(data[:40]))
-        return params, tat if boot == BOOT else 0.0
+        return params, tat if boot == boot_id() else 0.0
 
     def _write(self, fd: int, params: Params, tat: float) -> None:
-        data = _RECORD.pack(MAGIC, BOOT, tat, params.interval, params.burst, params.text.encode("ascii")[:24])
+        data = _RECORD.pack(MAGIC, boot_id(), tat, params.interval, params.burst, params.text.encode("ascii")[:24])
         if os.pwrite(fd, data, 0) != len(data):
             raise OSError(f"short write to {self.path}")
 
