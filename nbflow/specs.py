@@ -228,9 +228,10 @@ def parse_rate(value: object) -> Rate:
     match = _RATE_RE.fullmatch(value) if isinstance(value, str) else None
     period = _PERIODS.get(match.group(2).lower()) if match else None
     count = float(match.group(1)) if match else math.nan
-    if period is None or not (math.isfinite(count) and count > 0 and period / count >= 1e-9):
+    if period is None or not (math.isfinite(count) and count > 0 and 1e-9 <= period / count <= MAX_SECONDS):
         raise ResourceSpecError(
-            f"rate must be a string such as '10/s', '60/min' or '5000/h' with a count > 0, got {_shown(value)}"
+            "rate must be a string such as '10/s', '60/min' or '5000/h', from one start every 10,000,000 s (about"
+            f" 116 days) to 1,000,000,000 a second, got {_shown(value)}"
         )
     return Rate(count, period, f"{count:g}/{_UNITS[period]}")
 

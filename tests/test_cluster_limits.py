@@ -354,6 +354,39 @@ def test_removing_a_cluster_limit_sends_its_waiters_to_the_machine_limits(engine
     holder.result(WAIT)
 
 
+def test_lowering_a_capacity_below_a_waiter_fails_it_and_serves_those_behind(engine, cluster, out):
+    nbflow.limit("low", 3, scope="cluster")
+    holder = nbflow.task(mark_then_wait, limits={"low": 2}, name="holder").submit(str(out), "low-go")
+    wait_until(waits("low", 0, held=2), WAIT, "the holder")
+    big = nbflow.task(span, limits={"low": 2}, name="big").submit(str(out), 0.0)
+    wait_until(waits("low", 1), WAIT, "the big waiter")
+    small = nbflow.task(span, limits={"low": 1}, name="small").submit(str(out), 0.0)
+    wait_until(waits("low", 2), WAIT, "the small one behind it")
+    nbflow.limit("low", 1, scope="cluster")  # below the big waiter's 2: it can never be served now
+    with pytest.raises(nbflow.Unsatisfiable, match="capacity 1"):
+        big.result(WAIT)
+    set_event(cluster, "low-go")
+    holder.result(WAIT)
+    small.result(WAIT)  # not stuck behind it
+    wait_until(waits("low", 0, held=0), WAIT, "everything released")
+
+
+def test_a_rate_counts_an_amounts_tokens_and_removing_it_frees_its_pacing_waiters(engine, cluster, out):
+    nbflow.limit("tok", rate="5/s", burst=2, scope="cluster")
+    with pytest.raises(nbflow.Unsatisfiable, match="burst 2"):  # 3 tokens at once: never (as on a machine)
+        nbflow.task(span, limits={"tok": 3}, name="greedy").submit(str(out), 0.0)
+    pairs = nbflow.gather(nbflow.task(span, limits={"tok": 2}, name="pairs").map([str(out)] * 3, [0.0] * 3))
+    starts = sorted(start for start, _ in pairs)
+    assert starts[2] - starts[0] >= 2 * 0.4 - 0.05  # 2 tokens each: one start every 0.4 s after the first
+    nbflow.limit("slow", rate="1/h", scope="cluster")
+    nbflow.task(span, limits={"slow": 1}, name="first").submit(str(out), 0.0).result(WAIT)
+    paced = nbflow.task(span, limits={"slow": 1}, name="paced").submit(str(out), 0.0)
+    wait_until(waits("slow", 1), WAIT, "a start an hour away")
+    nbflow.remove_limit("slow", scope="cluster")
+    with pytest.raises(nbflow.NoSuchLimit):  # it goes on to the worker's machine limit, which does not exist
+        paced.result(WAIT)
+
+
 def test_cluster_scope_needs_the_dask_engine():
     nbflow.use("local")
     with pytest.raises(nbflow.NbflowError, match=r"nbflow.use\('dask'"):
@@ -378,13 +411,33 @@ def test_a_preloaded_scheduler_has_the_limits_from_the_start(tmp_path):
         procs.close()
 
 
-def test_gcra_admits_a_burst_then_one_start_per_interval():
+def test_gcra_admits_a_burst_then_one_start_per_interval_and_an_amount_takes_that_many_tokens():
     lim = _Limit("r")
-    lim.interval, lim.burst = 0.1, 3
+    lim.interval, lim.burst, lim.rate = 0.1, 3, "10/s"
     for _ in range(3):  # a burst of 3 at once
-        assert lim.due() <= 100.0
-        lim.start(100.0)
-    assert lim.due() == pytest.approx(100.1)  # then one every 0.1 s
-    lim.start(100.5)  # a start granted late (a busy scheduler) counts from when it was granted: no backlog
-    assert lim.due() == pytest.approx(100.5 + 0.1 - 0.2)
-    assert lim.due() <= 200.0  # after a pause, a start is due at once
+        assert lim.due(1, 100.0) <= 100.0
+        lim.start(100.0, 1)
+    assert lim.due(1, 100.0) == pytest.approx(100.1)  # then one every 0.1 s
+    lim.start(100.5, 1)  # a start granted late (a busy scheduler) counts from when it was granted: no backlog
+    assert lim.due(1, 100.5) == pytest.approx(100.5 + 0.1 - 0.2)
+    assert lim.due(1, 200.0) <= 200.0  # after a pause, a start is due at once
+    fresh = _Limit("amounts")
+    fresh.interval, fresh.burst, fresh.rate = 0.1, 3, "10/s"
+    assert fresh.due(3, 50.0) == pytest.approx(50.0)  # the whole burst at once
+    fresh.start(50.0, 3)
+    assert fresh.due(2, 50.0) == pytest.approx(50.2)  # two more tokens: two intervals
+    assert fresh.refused(3) is None and "burst 3" in fresh.refused(4)
+
+
+def test_a_scheduler_that_is_gone_is_scheduler_unreachable(tmp_path):
+    procs = DaskProcs(tmp_path)
+    try:
+        nbflow.use("dask", address=procs.address)
+        nbflow.limit("here", 1, scope="cluster")
+        procs.procs[0].kill()  # the scheduler
+        procs.procs[0].wait()
+        with pytest.raises(nbflow.SchedulerUnreachable, match="did not answer about cluster limits"):
+            nbflow.limit("here", 2, scope="cluster")
+    finally:
+        nbflow.use("local")
+        procs.close()

@@ -35,7 +35,23 @@ def takes(name: str, n: int, **kwargs) -> list[float]:
 
 
 @pytest.mark.parametrize(
-    "rate", ["fast", "0/s", "-1/s", "inf/s", "nan/s", "1e400/s", "10/fortnight", "10", "/s", True, 10]
+    "rate",
+    [
+        "fast",
+        "0/s",
+        "-1/s",
+        "inf/s",
+        "nan/s",
+        "1e400/s",
+        "1e-300/s",
+        "1e-5/h",
+        "1e10/s",
+        "10/fortnight",
+        "10",
+        "/s",
+        True,
+        10,
+    ],
 )
 def test_bad_rates_are_one_line_resource_spec_errors(rate):
     with pytest.raises(ResourceSpecError) as info:
@@ -138,9 +154,11 @@ def test_removing_forgets_capacity_and_rate_and_resetting_keeps_the_spacing():
         acquire("slow")
     with pytest.raises(NoSuchLimit, match="nothing to remove"):
         nbflow.remove_limit("slow")
-    nbflow.limit("slow", rate="1/min")  # set again: the start reserved above still counts
+    nbflow.limit("slow", rate="1/min")  # set again: removing forgot the start reserved above, it starts afresh
+    assert status("slow").next_start == 0
+    acquire("slow", timeout=0).release()
     assert status("slow").next_start > 50
-    nbflow.limit("slow", rate="2/min")  # a raise re-spaces it at the new interval
+    nbflow.limit("slow", rate="2/min")  # a raise re-spaces the start reserved at the new interval
     assert 25 < status("slow").next_start <= 30
 
 
@@ -203,7 +221,7 @@ def test_a_record_from_another_boot_reads_as_empty(limits_dir):
     assert status("api").next_start > 3000 - 10  # the next start is spaced from this one
 
 
-@pytest.mark.parametrize("damage", ["garbage", "short", "nan", "fifo", "directory"])
+@pytest.mark.parametrize("damage", ["garbage", "short", "empty", "nan", "fifo", "directory"])
 def test_a_damaged_rate_record_is_a_limits_dir_error(limits_dir, damage):
     nbflow.limit("api", 1, rate="1/s")
     path = limits_dir / "api" / "rate"
@@ -213,17 +231,29 @@ def test_a_damaged_rate_record_is_a_limits_dir_error(limits_dir, damage):
         path.write_bytes(b"x" * len(good))
     elif damage == "short":
         path.write_bytes(good[:20])
+    elif damage == "empty":  # (never a record not written yet: a new one is linked into place whole)
+        path.write_bytes(b"")
     elif damage == "nan":
         path.write_bytes(good[:24] + struct.pack("<d", float("nan")) + good[32:])
     elif damage == "fifo":
         os.mkfifo(path)
     else:
         path.mkdir()
-    for action in (lambda: acquire("api", timeout=1), limits, lambda: nbflow.limit("api", rate="2/s")):
+    for action in (lambda: acquire("api", timeout=1), limits):
         with pytest.raises(LimitsDirError, match="rate") as info:
             action()
         assert "\n" not in str(info.value)
     assert_nothing_held(str(limits_dir))
+    if damage in ("fifo", "directory"):  # not a file: only deleting it repairs it, as the message says
+        with pytest.raises(LimitsDirError, match="or delete it"):
+            nbflow.limit("api", rate="2/s")
+        return
+    nbflow.limit("api", 1, rate="1/s")  # setting the rate again writes a whole record over the damaged one
+    acquire("api", timeout=1).release()
+    assert status("api").rate == "1/s" and status("api").next_start > 0.5
+    path.write_bytes(b"x")
+    nbflow.remove_limit("api")  # so does removing it
+    assert limits() == []
 
 
 def test_concurrent_threads_never_exceed_the_rate():

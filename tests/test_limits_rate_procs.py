@@ -167,7 +167,7 @@ def test_cli_sets_shows_and_removes_rates():
     "args, message",
     [
         (["limit", "api", "--rate", "fast"], "rate must be a string such as '10/s'"),
-        (["limits", "set", "api", "--rate", "0/s"], "with a count > 0, got '0/s'"),
+        (["limits", "set", "api", "--rate", "0/s"], "to 1,000,000,000 a second, got '0/s'"),
         (["limit", "api", "--rate", "10/s", "--burst", "0"], "burst must be a whole number"),
         (["limit", "api", "--rate", "10/s", "--burst", "1.5"], "invalid int value: '1.5'"),
         (["limit", "api"], "needs a capacity, --rate or both"),
@@ -244,3 +244,25 @@ def test_dask_tasks_obey_a_machine_rate_and_a_stopped_one_gives_up_its_token_wai
     wait_for(lambda: late.done(), timeout=30, what="the stopped task to end")
     assert time.monotonic() - t0 < 0.5 + 10  # noticed within a give-up poll, not after the minutes
     wait_for(lambda: status_of("api").next_start <= 60, timeout=30, what="its token given back (a give-up poll)")
+
+
+def test_a_task_stopped_while_its_grant_sleeps_for_a_token_frees_its_slot_at_once(monkeypatch):
+    """Its grant holds the slot while it sleeps for the token; a stop wakes it at once (not at the end of its turn,
+    made 30 s long here), so the slot is free right after the wait for the stopped task."""
+    monkeypatch.setattr("nbflow.machine_limits.wake.GIVE_UP_POLL", 30.0)
+    nbflow.use("local", workers=2)
+    nbflow.limit("st", 1, rate="1/min")
+
+    @nbflow.task(limits={"st": 1})
+    def f(i):
+        return i
+
+    assert f.submit(0).result(timeout=60) == 0  # spends the token: the next start is a minute away
+    sleeper = f.submit(1)
+    wait_for(lambda: status_of("st").used == 1, timeout=60, what="the grant to hold the slot, sleeping for a token")
+    t0 = time.monotonic()
+    assert sleeper.stop()
+    nbflow.wait([sleeper], timeout=60)
+    wait_for(lambda: status_of("st").used == 0, timeout=20, what="the slot freed")
+    assert time.monotonic() - t0 < 25  # not the 30 s turn
+    assert sleeper.status == "cancelled"

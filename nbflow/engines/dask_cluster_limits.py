@@ -2,7 +2,8 @@
 
 The client installs the scheduler plugin the first time it needs it (setting a limit, or submitting a task with
 ``limits``); installing is idempotent, so a plugin another client installed (or ``--preload`` loaded) keeps its state.
-The names and capacities of cluster limits are cached here, for the check at submit: a miss asks the scheduler once.
+The names, capacities, rates and bursts of cluster limits are cached here, for the check at submit: a miss asks the
+scheduler once. A scheduler that is gone is ``SchedulerUnreachable``, not a connection error of Dask's.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ import threading
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import NoSuchLimit, Unsatisfiable
+from ..errors import NoSuchLimit, SchedulerUnreachable, Unsatisfiable
 from ..snapshot import LimitInfo
 from ..specs import Rate
+from .dask_scheduler_limits import refused
 
 _NOT_CLUSTER = object()  # cached: the scheduler had no cluster limit of this name when asked
 
@@ -31,7 +33,10 @@ class ClusterLimits:
 
     def _call(self, op: str, **kwargs: Any) -> Any:
         self.install()
-        return self.client.sync(getattr(self.client.scheduler, op), **kwargs)
+        try:
+            return self.client.sync(getattr(self.client.scheduler, op), **kwargs)
+        except (OSError, RuntimeError) as exc:  # (CommClosedError is an OSError; a closed pool a RuntimeError)
+            raise _unreachable(exc) from None
 
     def install(self) -> None:
         """Install the scheduler plugin unless this client did already (a no-op where it is there)."""
@@ -41,13 +46,16 @@ class ClusterLimits:
             if not self._installed:
                 from .dask_scheduler_limits import PLUGIN_NAME, ClusterLimits
 
-                self.client.register_plugin(ClusterLimits(), name=PLUGIN_NAME)
+                try:
+                    self.client.register_plugin(ClusterLimits(), name=PLUGIN_NAME)
+                except (OSError, RuntimeError) as exc:
+                    raise _unreachable(exc) from None
                 self._installed = True
 
     def set(self, name: str, capacity: float | None, rate: Rate | None, burst: int) -> None:
         interval, text = (rate.interval, rate.text) if rate is not None else (None, None)
         self._call("nbflow_limits_set", name=name, capacity=capacity, interval=interval, rate=text, burst=burst)
-        self._known[name] = capacity
+        self._known[name] = (capacity, text, burst)
 
     def remove(self, name: str) -> None:
         found = self._call("nbflow_limits_remove", name=name)
@@ -58,25 +66,27 @@ class ClusterLimits:
             )
 
     def check(self, demands: Mapping[str, float], task: str) -> None:
-        """Raise ``Unsatisfiable`` for an amount above a cluster limit's capacity (cached; re-read before
-        raising, since another client may have raised it). Names that are not cluster limits are left to the
-        worker's machine."""
+        """Raise ``Unsatisfiable`` for an amount a cluster limit never grants: above its capacity or its rate's burst
+        (cached; re-read before raising, since another client may have raised it). Names that are not cluster
+        limits are left to the worker's machine."""
         for name, amount in demands.items():
-            capacity = self._known[name] if name in self._known else self._read(name)
-            if capacity is _NOT_CLUSTER or capacity is None or amount <= capacity:
+            known = self._known[name] if name in self._known else self._read(name)
+            if known is _NOT_CLUSTER or not refused(*known, amount):
                 continue
-            capacity = self._read(name)
-            if capacity is not _NOT_CLUSTER and capacity is not None and amount > capacity:
+            known = self._read(name)
+            why = None if known is _NOT_CLUSTER else refused(*known, amount)
+            if why is not None:
                 raise Unsatisfiable(
-                    f"task {task!r} needs {name}={amount:g} but cluster limit {name!r} has capacity {capacity:g}:"
-                    f" lower the amount or raise the limit (nbflow.limit({name!r}, {amount:g}, scope='cluster'))"
+                    f"task {task!r} needs {name}={amount:g} but cluster limit {name!r} has {why}: lower the amount"
+                    " or raise the limit (nbflow.limit(..., scope='cluster'))"
                 )
 
     def _read(self, name: str) -> Any:
+        """(capacity, rate, burst) of cluster limit ``name``, cached, or ``_NOT_CLUSTER``."""
         found = self._call("nbflow_limits_status", names=[name])
-        capacity = found[0]["capacity"] if found else _NOT_CLUSTER
-        self._known[name] = capacity
-        return capacity
+        known = (found[0]["capacity"], found[0]["rate"], found[0]["burst"]) if found else _NOT_CLUSTER
+        self._known[name] = known
+        return known
 
     def statuses_soon(self) -> concurrent.futures.Future:
         """Start reading every cluster limit's status on the client's loop, so that it overlaps another round trip
@@ -93,6 +103,13 @@ class ClusterLimits:
         return [
             {**info, "holders": [{**h, "slots": list(h["slots"])} for h in info["holders"]]} for info in found or ()
         ]
+
+
+def _unreachable(exc: BaseException) -> SchedulerUnreachable:
+    return SchedulerUnreachable(
+        f"the Dask scheduler did not answer about cluster limits ({type(exc).__name__}: {exc}): is it still running?"
+        " Reconnect with nbflow.use('dask', ...)"
+    )
 
 
 def set_cluster_limit(engine: Any, name: str, capacity: float | None, rate: Rate | None, burst: int) -> None:

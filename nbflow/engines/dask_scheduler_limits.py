@@ -55,21 +55,24 @@ class _Limit:
         self.tat = 0.0  # GCRA: when the next start is due if none came early (monotonic seconds)
         self.removed = False  # forgotten by remove: kept only until its holders release
 
-    def due(self) -> float:
-        """GCRA: the monotonic time from which one more start is allowed."""
+    def due(self, amount: float = 1.0, now: float = 0.0) -> float:
+        """GCRA: the monotonic time from which a start taking ``amount`` tokens is allowed (as on a machine: at most
+        ``burst`` tokens at once, then one an interval)."""
         assert self.interval is not None
-        return self.tat - (self.burst - 1) * self.interval
+        return max(self.tat, now) + (amount - self.burst) * self.interval
 
-    def start(self, now: float) -> None:
-        """GCRA: a start at ``now`` (at or after ``due()``): the next one is due an interval later, or at once
-        while a burst is left."""
+    def start(self, now: float, amount: float) -> None:
+        """GCRA: a start at ``now`` (at or after ``due``) taking ``amount`` tokens."""
         assert self.interval is not None
-        self.tat = max(self.tat, now) + self.interval
+        self.tat = max(self.tat, now) + amount * self.interval
+
+    def refused(self, amount: float) -> str | None:
+        return refused(self.capacity, self.rate, self.burst, amount)
 
     def status(self, now: float) -> dict[str, Any]:
         next_start = 0.0
         if self.interval is not None:
-            next_start = max(0.0, self.due() - now)
+            next_start = max(0.0, self.due(1.0, now) - now)
         return {
             "name": self.name,
             "capacity": self.capacity,
@@ -115,6 +118,8 @@ class ClusterLimits(SchedulerPlugin):
             lim = self.limits[name] = _Limit(name)
         lim.removed = False
         lim.capacity, lim.interval, lim.rate, lim.burst = capacity, interval, rate, burst
+        for waiter in [w for w in (*lim.queue, *lim.pacing) if lim.refused(w.amount)]:  # lowered below them
+            _settle(waiter, "refused")
         self._grant(lim)
         if lim.timer is not None:  # the next start may be due sooner (or later) now
             lim.timer.cancel()
@@ -130,6 +135,8 @@ class ClusterLimits(SchedulerPlugin):
         lim.removed = True
         while lim.queue:
             _settle(lim.queue.popleft(), "removed")
+        for waiter in lim.pacing:  # (one that holds a slot keeps it until its task ends)
+            _settle(waiter, "removed")
         self._retire(lim)
         return True
 
@@ -148,12 +155,8 @@ class ClusterLimits(SchedulerPlugin):
         ``{"error": message}`` for an amount above a capacity."""
         names = sorted(n for n in demands if n in self.limits and not self.limits[n].removed)
         for name in names:
-            capacity = self.limits[name].capacity
-            if capacity is not None and demands[name] > capacity:
-                return {
-                    "error": f"task {task!r} needs {name}={demands[name]:g} but cluster limit {name!r} has"
-                    f" capacity {capacity:g}: lower the amount or raise the limit (nbflow.limit)"
-                }
+            if self.limits[name].refused(demands[name]):
+                return {"error": _refusal(self.limits[name], demands[name], task)}
         if not names:
             return {"taken": []}
         if self.scheduler is not None and worker not in self.scheduler.workers:
@@ -169,6 +172,9 @@ class ClusterLimits(SchedulerPlugin):
             if outcome == "withdrawn":
                 self.release(key, worker)
                 return {"withdrawn": True}
+            if outcome == "refused":  # lowered below it while it waited: it can never be served
+                self.release(key, worker)
+                return {"error": _refusal(lim, demands[name], task)}
             if outcome == "granted":
                 taken.append(name)
         return {"taken": taken}
@@ -199,7 +205,8 @@ class ClusterLimits(SchedulerPlugin):
     # -- internals -----------------------------------------------------------------------------------------------
 
     async def _take(self, lim: _Limit, ident: Ident, amount: float, task: str) -> str:
-        """The outcome: "granted", "withdrawn", or "removed" (the limit was removed while it waited for capacity)."""
+        """The outcome: "granted", "withdrawn", "removed" (the limit was removed while it waited) or "refused" (set
+        below its amount while it waited)."""
         if lim.capacity is not None:
             if lim.queue or lim.used + amount > lim.capacity:
                 waiter = _Waiter(ident, amount, task)
@@ -233,11 +240,11 @@ class ClusterLimits(SchedulerPlugin):
                 lim.pacing.popleft()
                 continue
             if lim.interval is not None:
-                due = lim.due()
+                due = lim.due(head.amount, now)
                 if now < due:
                     lim.timer = asyncio.get_running_loop().call_later(due - now, self._pace, lim)
                     return
-                lim.start(now)
+                lim.start(now, head.amount)
             lim.pacing.popleft()
             _settle(head, "granted")
 
@@ -287,6 +294,23 @@ class ClusterLimits(SchedulerPlugin):
     def _retire(self, lim: _Limit) -> None:
         if lim.removed and not lim.holders and not any(not w.future.done() for w in lim.pacing):
             self.limits.pop(lim.name, None)
+
+
+def refused(capacity: float | None, rate: str | None, burst: int, amount: float) -> str | None:
+    """What of a cluster limit never grants ``amount`` (its capacity, or its rate's burst: an amount takes that many
+    tokens at once, as on a machine), or None. Also the client's check at submit, on the status it cached."""
+    if capacity is not None and amount > capacity:
+        return f"capacity {capacity:g}"
+    if rate is not None and amount > burst:
+        return f"rate {rate} with burst {burst} (an amount takes that many tokens at once)"
+    return None
+
+
+def _refusal(lim: _Limit, amount: float, task: str) -> str:
+    return (
+        f"task {task!r} needs {lim.name}={amount:g} but cluster limit {lim.name!r} has {lim.refused(amount)}: lower"
+        " the amount or raise the limit (nbflow.limit)"
+    )
 
 
 def _settle(waiter: _Waiter, outcome: str) -> None:

@@ -136,6 +136,14 @@ class LocalEngine(Engine):
             self._release(run.attempt)
             self._abandon(run)
 
+    def _withdraw(self, run: _LocalRun) -> None:
+        """Cancelled or stopped before it ran: if its grant sleeps for a rate's token holding its slot, it gives both
+        back now rather than at the end of its turn."""
+        if run.demands:
+            from ..machine_limits.wake import nudge
+
+            nudge()
+
     def _grant_failed(self, run: _LocalRun, exc: BaseException | None) -> None:
         """The grant stage gave up on ``run``: ``exc`` (e.g. the limit was removed), or ``None`` when closing."""
         if exc is None:

@@ -24,7 +24,7 @@ from typing import NamedTuple
 from ..errors import LimitsDirError, Unsatisfiable
 from ..specs import Rate
 from .damage import kind
-from .forksafe import Pool, close_tracked, open_tracked
+from .forksafe import Pool, close_tracked, open_tracked, unique
 from .wake import Expired
 
 MAGIC = b"nbrate1\n"
@@ -76,9 +76,12 @@ class RateFile:
         fd = records.take(self.path)
         if fd is None:
             try:
-                fd = open_tracked(self.path, os.O_RDWR | os.O_NONBLOCK | (os.O_CREAT if create else 0))
+                fd = open_tracked(self.path, os.O_RDWR | os.O_NONBLOCK)
             except FileNotFoundError:
-                return None
+                if not create:
+                    return None
+                self._create()
+                return self._open(create)
             except OSError as exc:
                 try:
                     mode = os.lstat(self.path).st_mode
@@ -99,6 +102,20 @@ class RateFile:
             return self._open(create)
         return fd
 
+    def _create(self) -> None:
+        """Put a whole record (no rate) in place at once — a new file linked under the record's name — so that an
+        empty or short record is always damage, never a setter's file not written yet."""
+        tmp = f"{os.path.dirname(self.path)}/.rate-{unique()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, _RECORD.pack(MAGIC, boot_id(), 0.0, 0.0, 1, b""))
+            os.link(tmp, self.path)
+        except FileExistsError:  # another process made it first
+            pass
+        finally:
+            os.close(fd)
+            os.unlink(tmp)
+
     def _close(self, fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
         if not records.give(self.path, fd):
@@ -107,8 +124,6 @@ class RateFile:
     def _read(self, fd: int) -> tuple[Params, float]:
         """(rate, TAT) of the locked record; a TAT of another boot reads as 0.0 (nothing reserved)."""
         data = os.pread(fd, _RECORD.size + 1, 0)
-        if not data:
-            return NO_RATE, 0.0  # created by a setter that has not written yet
         try:
             magic, boot, tat, interval, burst, text = _RECORD.unpack(data)
         except struct.error:
@@ -117,6 +132,13 @@ class RateFile:
         if magic != MAGIC or not (interval == 0.0 or 0.0 < interval < 1e12) or burst < 1 or tat != tat:
             raise self._corrupt(repr(data[:40]))
         return params, tat if boot == boot_id() else 0.0
+
+    def _read_or_forget(self, fd: int) -> tuple[Params, float]:
+        """``_read``, except that a damaged record reads as empty: what setting or removing the rate writes over."""
+        try:
+            return self._read(fd)
+        except LimitsDirError:
+            return NO_RATE, 0.0
 
     def _write(self, fd: int, params: Params, tat: float) -> None:
         data = _RECORD.pack(MAGIC, boot_id(), tat, params.interval, params.burst, params.text.encode("ascii")[:24])
@@ -140,7 +162,7 @@ class RateFile:
             return  # no record and no rate to store
         try:
             params = NO_RATE if rate is None else Params(rate.interval, burst, rate.text)
-            old, tat = self._read(fd)
+            old, tat = self._read_or_forget(fd)
             if old.interval and params.interval and tat > time.monotonic():
                 tat += params.burst * params.interval - old.burst * old.interval
             self._write(fd, params, tat)
@@ -214,13 +236,13 @@ class RateFile:
             self._close(fd)
 
     def remove(self) -> bool:
-        """Forget the rate (the record stays, marked as no rate); True if there was one."""
+        """Forget the rate and its reservations (the record stays, marked as no rate); True if there was one."""
         fd = self._open(create=False)
         if fd is None:
             return False
         try:
-            params, tat = self._read(fd)
-            self._write(fd, NO_RATE, tat)
+            params, _ = self._read_or_forget(fd)
+            self._write(fd, NO_RATE, 0.0)  # its reservations go with it: a rate set again starts afresh
             return bool(params.interval)
         finally:
             self._close(fd)

@@ -15,6 +15,14 @@ from .slotfiles import holder_pids
 
 FALLBACK_POLL = 0.25  # seconds; only matters for holders whose death no pidfd reports (other hosts)
 GIVE_UP_POLL = 0.5  # seconds ``acquire_all_unless`` waits in one turn before it asks whether to give up
+_nudged = threading.Condition()  # token sleepers of ``acquire_all_unless`` in this process: ``nudge`` wakes them
+
+
+def nudge() -> None:
+    """Have this process's token sleepers ask their ``give_up()`` now (an engine's task was stopped or cancelled
+    while its grant slept for a rate's token holding its slot), instead of at the end of their turn."""
+    with _nudged:
+        _nudged.notify_all()
 
 
 class Expired(Exception):
@@ -72,15 +80,16 @@ class Budget:
 
     def sleep_until(self, due: float) -> None:
         """Sleep until the monotonic time ``due`` (a token's); ``Cancelled`` at once when cancelled, ``GaveUp``
-        within ``GIVE_UP_POLL`` once ``give_up()`` says so."""
+        once ``give_up()`` says so (asked at each ``nudge``, and every ``GIVE_UP_POLL`` seconds)."""
         while (left := due - time.monotonic()) > 0:
             if self.cancel is not None:
                 if self.cancel.event.wait(left):
                     raise Cancelled
             elif self.give_up is not None:
-                time.sleep(min(left, GIVE_UP_POLL))
-                if self.give_up():
-                    raise GaveUp
+                with _nudged:  # asked under the lock: a stop between the question and the wait still wakes it
+                    if self.give_up():
+                        raise GaveUp
+                    _nudged.wait(min(left, GIVE_UP_POLL))
             else:
                 time.sleep(left)
 
