@@ -48,7 +48,7 @@ def format_holder(holder: Holder, limit: str, now: float | None = None, *, exact
     return f"pid {who} task {repr(task) if exact else task} holds {amount}{slots}{held}"
 
 
-def _used_of(resource: str, used: float, total: float | None) -> str:
+def used_text(resource: str, used: float, total: float | None) -> str:
     """``1/2``; ``1/-`` when there is no capacity (a rate limit)."""
     return f"{format_amount(resource, used)}/{'-' if total is None else format_amount(resource, total)}"
 
@@ -89,7 +89,7 @@ def _worker_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
     rows = []
     for worker in sorted(snap.get("workers") or (), key=lambda w: _natural(str(w.get("name", "")))):
         uses = worker.get("resources") or {}
-        bars = ", ".join(f"{name} {_used_of(name, use['used'], use['total'])}" for name, use in uses.items())
+        bars = ", ".join(f"{name} {used_text(name, use['used'], use['total'])}" for name, use in uses.items())
         counts = ", ".join(f"{worker.get(what, 0)} {what}" for what in ("running", "waiting", "queued"))
         gpus = "".join(f", {use['task']} on GPU {use['ids']}" for use in worker.get("gpus") or ())
         rows.append((str(worker.get("name", "?")), str(worker.get("host", "")), bars or "no resources", counts + gpus))
@@ -105,7 +105,7 @@ def _limit_rows(snap: Mapping[str, Any]) -> list[tuple[str, str, str, str, list[
         holders = [format_holder(Holder.from_dict(h), name, now) for h in lim.get("holders") or ()]
         shown = f"{name} (cluster)" if lim.get("scope") == "cluster" else name
         rate = rate_summary(lim.get("rate"), lim.get("burst", 1), lim.get("next_start", 0.0))
-        used = _used_of(name, lim["used"], lim["capacity"])
+        used = used_text(name, lim["used"], lim["capacity"])
         rows.append((shown, used, rate, f"{lim.get('waiting', 0)} waiting", holders))
     return rows
 

@@ -154,8 +154,9 @@ def test_async_tasks_share_a_cluster_limit(engine, cluster, out):
     assert cluster_limit("adb")["used"] == 0
 
 
-def test_many_waiters_on_one_worker_release_on_the_stream(engine, cluster, out):
-    """About 75 waits per worker, more than ``RPC_RELEASE_BELOW``: releases then also go on the workers' streams."""
+def test_150_async_waiters_on_two_workers_all_pass_one_at_a_time(engine, cluster, out):
+    """About 75 waits per worker, more than ``RPC_RELEASE_BELOW`` (past which releases go on the worker's stream, so
+    that they never wait behind the waits for a connection): none is lost or stuck, never two at once."""
     nbflow.limit("many", 1, scope="cluster")
     nbflow.gather(nbflow.task(span_async, limits={"many": 1}, name="m").map([str(out)] * 150, [0.0] * 150))
     spans = spans_in(out)

@@ -117,6 +117,10 @@ def test_the_installed_wheel_imports_every_module_and_caches_outside_the_checkou
     assert got["entries"] == ["double"] and got["assets"] == [True, True]
     listing = run([str(python.parent / "nbflow"), "cache", "ls"], cwd=outside, env=env)
     assert listing.splitlines()[1].split()[0] == "double", listing
+    limits_env = {**env, "NBFLOW_LIMITS_DIR": str(outside / "limits")}  # the installed CLI sets a rate limit
+    run([str(python.parent / "nbflow"), "limit", "api", "--rate", "10/s", "--burst", "2"], cwd=outside, env=limits_env)
+    listing = run([str(python.parent / "nbflow"), "limits"], cwd=outside, env=limits_env)
+    assert listing.splitlines()[1].split()[:4] == ["api", "-", "10/s", "2"], listing
 
 
 def test_the_installed_magics_cache_a_task_cell_in_a_real_kernel(packaged, tmp_path):

@@ -6,6 +6,7 @@ import collections
 import threading
 from typing import Any
 
+from ..machine_limits.wake import nudge
 from ..thread_stop import StoppableCall
 
 _lock = threading.Lock()
@@ -41,3 +42,4 @@ async def stop_attempt(key: str) -> None:
                 _asked.popitem(last=False)
     if call is not None:
         call.stop()
+        nudge()  # if it sleeps for a rate's token holding its slot, it gives both back now

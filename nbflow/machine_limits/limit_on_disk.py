@@ -24,21 +24,20 @@ from __future__ import annotations
 
 import fcntl
 import os
-import stat
 import time
 
 from ..errors import LimitsDirError, LimitTimeout, NbflowError, NoSuchLimit, Unsatisfiable
 from ..specs import Rate
 from ..thread_stop import shielded
-from .damage import check_regular, check_tree, deleted, failure, kind
+from .capacity_file import CapacityFile
+from .damage import check_regular, check_tree, deleted, failure
 from .detect import detected_capacity
 from .forksafe import Pool, close_tracked, open_tracked, set_owner, unique
 from .holding import Holding, Token, keep_spare, spares, wake
 from .paths import limits_dir
-from .rate import RateFile, Reservation
+from .rate import NO_RATE, RateFile, Reservation
 from .slotfiles import (
     CREATE,
-    PEEK,
     entries,
     filelock,
     fits,
@@ -72,14 +71,12 @@ class Limit:
     def __init__(self, root: str, name: str) -> None:
         self.name = name
         self.dir = os.path.join(root, name)
-        self.capacity_path = self.dir + "/capacity"
         self.gate_path = self.dir + "/gate"
         self.slots_dir = self.dir + "/slots"
         self.waiting_dir = self.dir + "/waiting"
         self.wake_path = self.dir + "/wake"
         self.rate = RateFile(name, self.dir + "/rate")
-        self._cached: tuple[tuple[int, int], float] | None = None
-        self._rated = True  # False: the capacity file last read came with no rate record (see ``set_capacity``)
+        self.capacity_file = CapacityFile(name, self.dir + "/capacity", self.rate.path)
         self._last: float | None = None  # the capacity this process read last (a guess, checked after a grant)
         self._ready = False
 
@@ -116,61 +113,12 @@ class Limit:
             pass
         return failure(self.name, exc)
 
-    # --- capacity: the ``capacity`` file written by ``limit()``, else the detected one ---------------
-    # Replaced atomically (tmp file + rename) and read through a cache keyed by (inode, mtime), so a read
-    # that hits is one ``stat``; a FIFO or other special file in its place is reported, never opened.
-
-    def set_capacity(self) -> float | None:
-        """The capacity written by ``limit()``, or None; cached by (inode, mtime) so a hit is one stat."""
-        try:
-            st = os.stat(self.capacity_path)
-        except FileNotFoundError:
-            self._rated = True
-            return None
-        key = (st.st_ino, st.st_mtime_ns)
-        cached = self._cached
-        if cached is not None and cached[0] == key:
-            return cached[1]
-        # ``set()`` writes the rate record before it replaces the capacity file: a capacity file read with no
-        # record beside it spares later grants a look for one, until the file is replaced.
-        self._rated = os.path.lexists(self.rate.path)
-        text = self._read_capacity(st.st_mode)
-        if text is None:
-            return self.set_capacity()  # replaced or removed between stat and open
-        try:
-            value = float(text)
-        except ValueError:
-            value = float("nan")
-        if not value > 0 or value == float("inf"):
-            raise LimitsDirError(
-                f"corrupted limits state file {self.capacity_path} (contains {text[:40]!r}): "
-                f"rewrite it with `nbflow limits set {self.name} N` or delete it"
-            )
-        self._cached = (key, value)
-        return value
-
-    def _read_capacity(self, mode: int) -> str | None:
-        """The capacity file's text (None if it vanished); a description of what is there instead of a
-        regular file, never opened since a FIFO would block."""
-        if not stat.S_ISREG(mode):
-            return f"not a file but {kind(mode)}"
-        try:
-            fd = os.open(self.capacity_path, PEEK)
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            return exc.strerror or str(exc)
-        try:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None  # swapped since the stat: look again
-            return os.read(fd, 256).decode("utf-8", "replace").strip()
-        finally:
-            os.close(fd)
+    # --- capacity: the ``capacity`` file written by ``limit()`` (``capacity_file``), else the detected one ----
 
     def capacity(self) -> float | None:
         """The set capacity, else the detected one (CPU, MEMORY, GPU), else None when a rate is set (concurrency
         unbounded), else ``NoSuchLimit``."""
-        value = self.set_capacity()
+        value = self.capacity_file.read()
         if value is None:
             value = detected_capacity(self.name)
             if value is None and not self.rate.params().interval:
@@ -192,7 +140,7 @@ class Limit:
                 f"limit {self.name!r} has capacity {capacity:g}, so {amount:g} can never be granted: "
                 f'ask for less or raise it with nbflow.limit("{self.name}", n)'
             )
-        params = self.rate.params()
+        params = self.rate.params() if self.capacity_file.rated else NO_RATE  # (no record: no read)
         if params.interval and amount > params.burst:
             raise Unsatisfiable(
                 f"limit {self.name!r} has rate {params.text} with burst {params.burst}, so {amount:g} can never be "
@@ -207,36 +155,15 @@ class Limit:
             raise _RateOnly
         return capacity
 
-    def write_capacity(self, capacity: float) -> None:
-        """Persist ``capacity`` atomically (tmp file + rename) and wake the head to re-check."""
-        self.ensure()
-        tmp = f"{self.dir}/.capacity-{unique()}"
-        try:
-            fd = os.open(tmp, CREATE | os.O_CLOEXEC, 0o600)
-            try:
-                os.write(fd, f"{capacity!r}\n".encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.capacity_path)
-        except OSError as exc:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise LimitsDirError(f"cannot write {self.capacity_path}: {exc.strerror or exc}") from None
-        wake(self.wake_path)
-
     def remove_capacity(self) -> bool:
-        """Delete the set capacity; False when none was set."""
+        """Delete the set capacity (waking the head to re-check); False when none was set."""
         try:
-            os.unlink(self.capacity_path)
-        except FileNotFoundError:
-            return False
+            removed = self.capacity_file.remove()
         except OSError as exc:
             raise self.damaged(exc) from None
-        wake(self.wake_path)
-        return True
+        if removed:
+            wake(self.wake_path)
+        return removed
 
     def set(self, capacity: float | None, rate: Rate | None, burst: int) -> None:
         """The whole limit: what is None is not set (removed if it was)."""
@@ -248,7 +175,8 @@ class Limit:
         if capacity is None:
             self.remove_capacity()
         else:
-            self.write_capacity(capacity)
+            self.capacity_file.write(capacity)
+            wake(self.wake_path)  # the head re-checks at once
         self._last = None  # the next acquisition reads what was set here
 
     def remove(self) -> None:
@@ -297,7 +225,7 @@ class Limit:
     def status(self) -> LimitStatus | None:
         """This limit as ``limits()`` shows it; None when it has neither a capacity, a rate nor holders."""
         try:
-            capacity = self.set_capacity()
+            capacity = self.capacity_file.read()
             if capacity is None:
                 capacity = detected_capacity(self.name)
             check_tree(self.name, self.dir)
@@ -358,7 +286,7 @@ class Limit:
 
     def _reserve(self, holding: Holding, amount: float, budget: Budget) -> Reservation | None:
         """Take the rate's tokens for ``holding`` (None: no rate; then a ``Token`` means the limit is gone)."""
-        if not self._rated and not isinstance(holding, Token):
+        if not self.capacity_file.rated and not isinstance(holding, Token):
             return None
         taken = self.rate.reserve(amount, budget.token_deadline())
         if taken is None and isinstance(holding, Token):
@@ -407,7 +335,7 @@ class Limit:
         if not self._ready:  # first use here: refuse an unknown limit or impossible amount before creating files
             self.check(amount)
             self.ensure()
-        if self._last is None and self.set_capacity() is None and detected_capacity(self.name) is None:
+        if self._last is None and self.capacity_file.read() is None and detected_capacity(self.name) is None:
             return Token(self.name, amount, task, time.time())  # rate only (checked when its tokens are taken)
         try:
             return self._take_slot(amount, task, budget)

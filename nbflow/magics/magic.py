@@ -91,19 +91,16 @@ class NbflowMagics(Magics):
 
     def _limits(self, rest: str) -> None:
         args.parse(args.limits, rest)
-        from ..render import format_amount, format_holder, rate_summary
+        from ..render import format_holder, rate_summary, used_text
 
         statuses = limits()
         if not statuses:
             print("nbflow: no limits set on this machine (set one with %nbflow limit NAME CAPACITY or --rate 10/s)")
         now = time.time()
         for status in statuses:
-            capacity = "-" if status.capacity is None else format_amount(status.name, status.capacity)
             rate = rate_summary(status.rate, status.burst, status.next_start)
-            print(
-                f"{status.name}: {format_amount(status.name, status.used)}/{capacity} used{rate and ', '}{rate}, "
-                f"{status.waiting} waiting"
-            )
+            used = used_text(status.name, status.used, status.capacity)
+            print(f"{status.name}: {used} used{rate and ', '}{rate}, {status.waiting} waiting")
             for h in status.holders:
                 print(f"  {format_holder(h, status.name, now)}")
 
